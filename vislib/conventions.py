@@ -1,0 +1,55 @@
+"""The input conventions every vislib method follows, checked in one place.
+
+- ``x``: a float tensor [B,C,H,W] already normalised for the model; [C,H,W] is a batch of one.
+- ``target``: ``None`` = each sample's predicted class; an ``int`` = that class for every
+  sample; a sequence or tensor of length B = one class per sample. Anything else is an error,
+  never silently truncated or broadcast.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def as_batch(x) -> torch.Tensor:
+    """``x`` as a float batch [B,C,H,W]; a single [C,H,W] image becomes a batch of one."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor [B,C,H,W], got {type(x).__name__}")
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(
+            f"expected an image batch [B,C,H,W] (or one image [C,H,W]), got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"expected a float tensor, got dtype {x.dtype}")
+    return x
+
+
+def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
+    """One class index per sample, as a long tensor [B] on the logits' device."""
+    batch, num_classes = logits.shape[0], logits.shape[-1]
+    if target is None:
+        classes = logits.detach().argmax(dim=-1)
+    elif isinstance(target, bool):
+        raise TypeError("target must be None, an int or a sequence of ints, not a bool")
+    elif isinstance(target, int):
+        classes = torch.full((batch,), target, dtype=torch.long)
+    else:
+        classes = torch.as_tensor(target).reshape(-1)
+        if classes.is_floating_point() or classes.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class indices, got dtype {classes.dtype}")
+        if len(classes) != batch:
+            raise ValueError(
+                f"target has {len(classes)} entries but the batch has {batch} samples; "
+                "give one class per sample, a single int, or None for the predicted class"
+            )
+    classes = classes.to(device=logits.device, dtype=torch.long)
+    if ((classes < 0) | (classes >= num_classes)).any():
+        raise ValueError(f"target classes must lie in [0, {num_classes}), got {classes.tolist()}")
+    return classes
+
+
+def selected_scores(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The pre-softmax score of each sample's class: [B]."""
+    return logits.gather(1, classes[:, None])[:, 0]

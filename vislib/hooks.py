@@ -1,0 +1,128 @@
+"""Looking inside a model without changing it: layers by name, recorded activations and
+gradients, and a guard that hands the model back exactly as it was.
+
+Every other module of vislib reaches into models through these three tools, so the promise
+"nothing is left behind" (no hook, no changed ``requires_grad``, ``.grad`` or train/eval mode,
+also when the body raises) is kept in one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+
+def layer_name(model: nn.Module, layer) -> str:
+    """The dotted name of ``layer`` (a name or a submodule of ``model``)."""
+    if isinstance(layer, str):
+        get_layer(model, layer)
+        return layer
+    for name, module in model.named_modules():
+        if module is layer:
+            return name
+    raise ValueError(f"{type(layer).__name__} is not a submodule of the given model")
+
+
+def get_layer(model: nn.Module, name) -> nn.Module:
+    """The submodule called ``name`` (dotted, e.g. ``"features.relu4"``); a module is returned
+    as it is after checking that it belongs to ``model``. An unknown name is a ``KeyError``
+    that lists the closest valid names."""
+    if isinstance(name, nn.Module):
+        layer_name(model, name)
+        return name
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    valid = [n for n in modules if n]
+    close = difflib.get_close_matches(str(name), valid, n=5, cutoff=0.4) or valid[:5]
+    raise KeyError(f"no layer named {name!r}; closest valid names: {', '.join(close)}")
+
+
+@dataclass
+class Recording:
+    """What ``capture`` saw: activations and gradients by layer name (detached copies)."""
+
+    activations: dict = field(default_factory=dict)
+    gradients: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.activations[name]
+
+
+@contextmanager
+def capture(model: nn.Module, layers, grads: bool = False):
+    """Record the outputs of one or more layers (and their gradients, with ``grads=True``)
+    while the body runs a forward (and backward) pass.
+
+    >>> with capture(model, ["features.relu1", "features.relu4"]) as rec:
+    ...     model(x)
+    >>> rec["features.relu4"].shape
+
+    Outputs are stored as detached copies, so an inplace ReLU that runs later cannot
+    overwrite them. A gradient is recorded only if the layer's output takes part in a
+    backward pass (the input or the parameters must require grad). On exit, also after an
+    exception, every hook is removed and each module's train/eval mode is as it was.
+    """
+    names = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)
+    if not names:
+        raise ValueError("capture needs at least one layer")
+    named = {layer_name(model, n): get_layer(model, n) for n in names}
+    recording = Recording()
+    handles = []
+
+    def record(name):
+        def hook(module, inputs, output):
+            recording.activations[name] = output.detach().clone()
+            if grads and output.requires_grad:
+                def save_grad(grad):
+                    recording.gradients[name] = grad.detach().clone()
+                output.register_hook(save_grad)
+        return hook
+
+    modes = {m: m.training for m in model.modules()}
+    try:
+        for name, module in named.items():
+            handles.append(module.register_forward_hook(record(name)))
+        yield recording
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.train(training)
+
+
+@contextmanager
+def frozen(model: nn.Module):
+    """Use ``model`` as a fixed function inside the block, then hand it back untouched.
+
+    Parameters are set to ``requires_grad=False`` for the block, so a backward pass reaches
+    the input without accumulating into any parameter's ``.grad``; gradients are enabled
+    even when the caller is inside ``torch.no_grad()``. On exit, also after an exception,
+    each parameter's ``requires_grad`` and ``.grad`` and each module's mode are restored.
+    """
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            yield model
+    finally:
+        for p, flag, grad in zip(params, flags, grads):
+            p.requires_grad_(flag)
+            p.grad = grad
+        for module, training in modes.items():
+            module.train(training)
+
+
+def count_hooks(model: nn.Module) -> int:
+    """How many hooks are registered on all modules of ``model`` (tests use it: it must be 0)."""
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+             "_state_dict_hooks", "_load_state_dict_pre_hooks")
+    return sum(len(getattr(m, kind, {})) for m in model.modules() for kind in kinds)
