@@ -1,0 +1,75 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from vislib.hooks import capture, count_hooks, frozen, get_layer, layer_name
+from vislib.models import ShapesNet
+
+from .helpers import tiny_cnn, untouched
+
+
+def test_get_layer_by_name_and_module():
+    model = ShapesNet()
+    assert get_layer(model, "features.conv2") is model.features.conv2
+    assert get_layer(model, model.fc) is model.fc
+    assert layer_name(model, model.features.relu4) == "features.relu4"
+
+
+def test_unknown_layer_lists_closest_names():
+    with pytest.raises(KeyError, match="features.relu4"):
+        get_layer(ShapesNet(), "features.relu_4")
+
+
+def test_foreign_module_is_an_error():
+    with pytest.raises(ValueError, match="not a submodule"):
+        get_layer(ShapesNet(), nn.ReLU())
+
+
+def test_capture_records_activations_before_inplace_relu_overwrites_them():
+    model = tiny_cnn(inplace=True)
+    x = torch.randn(2, 3, 8, 8)
+    with untouched(model), capture(model, ["conv1", "relu1", "fc"]) as rec:
+        logits = model(x)
+    expected_conv1 = model.conv1(x)
+    assert torch.allclose(rec["conv1"], expected_conv1)
+    assert (rec["conv1"] < 0).any(), "conv1's copy must keep its negative values"
+    assert torch.allclose(rec["relu1"], expected_conv1.clamp(min=0))
+    assert torch.allclose(rec["fc"], logits)
+
+
+def test_capture_gradients_match_autograd():
+    model = tiny_cnn(inplace=True)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with untouched(model), frozen(model), capture(model, "relu2", grads=True) as rec:
+        model(x)[:, 1].sum().backward()
+    # d(sum of logit 1)/d(relu2 output): fc weight of class 1 spread evenly by the average pool.
+    expected = (model.fc.weight[1] / 64).view(1, 6, 1, 1).expand(2, 6, 8, 8)
+    assert torch.allclose(rec.gradients["relu2"], expected)
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_no_hook_left_after_exit_or_exception(inplace):
+    model = ShapesNet().train()
+    assert count_hooks(model) == 0
+    with capture(model, ["features.relu1", "features.bn2", "fc"], grads=True):
+        model(torch.rand(2, 3, 32, 32))
+    assert count_hooks(model) == 0
+    with pytest.raises(RuntimeError, match="boom"), capture(model, "features.relu1"):
+        model.eval()
+        raise RuntimeError("boom")
+    assert count_hooks(model) == 0
+    assert all(m.training for m in model.modules()), "train mode must be restored after the exception"
+
+
+def test_frozen_restores_everything_also_on_exception():
+    model = tiny_cnn()
+    model.conv1.weight.requires_grad_(False)
+    model.fc.weight.grad = torch.ones_like(model.fc.weight)
+    with untouched(model):
+        with torch.no_grad(), frozen(model):
+            x = torch.randn(1, 3, 8, 8, requires_grad=True)
+            model(x).sum().backward()
+            assert x.grad is not None and all(not p.requires_grad for p in model.parameters())
+        with pytest.raises(ZeroDivisionError), frozen(model):
+            model.train()
+            raise ZeroDivisionError
