@@ -1,0 +1,310 @@
+"""Saliency: which input pixels the model's decision for one class depends on.
+
+Two families, both explaining the pre-softmax score (logit) of ``target``:
+
+- perturbation: ``occlusion`` hides one window at a time and measures the drop of the score;
+- backpropagation: ``gradient`` (d score / d input), and two variants that change only the
+  backward rule of every ``nn.ReLU``: ``deconvnet`` and ``guided_backprop``; ``smoothgrad`` and
+  ``integrated_gradients`` average gradients over noisy copies or along a path from a baseline.
+
+For a ReLU ``h_out = max(0, h_in)`` and the gradient ``g`` arriving from above, the backward
+rules are (Springenberg et al. 2015, "Striving for simplicity"):
+
+    gradient        g_in = g * [h_in > 0]
+    deconvnet       g_in = max(g, 0)
+    guided backprop g_in = max(g, 0) * [h_in > 0]
+
+The rules are installed with hooks for the duration of one call only: the user's model is never
+changed, also with inplace ReLUs, frozen parameters, or a caller inside ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from vislib.conventions import as_batch, resolve_target, selected_scores
+from vislib.hooks import frozen
+
+HEATMAP_REDUCTIONS = ("abs_max", "square_sum", "abs_sum", "sum")
+IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+
+
+# --------------------------------------------------------------------------- shared plumbing
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's class scores [B, classes]; any other output shape is a clear error."""
+    logits = model(x)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return class scores [B, classes]; it returned {shape}")
+    return logits
+
+
+def predicted_or_given(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+    """``target`` resolved against the model's prediction on ``x`` (one forward pass, no grad)."""
+    with torch.no_grad():
+        return resolve_target(target, logits_of(model, x))
+
+
+def batch_slices(total: int, batch_size: int, progress: bool = True, desc: str = ""):
+    """Slices ``[0, total)`` in chunks of ``batch_size``, with a progress bar over the chunks."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    starts = range(0, total, batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False):
+        yield slice(start, min(start + batch_size, total))
+
+
+def logits_of_copies(model: nn.Module, make_inputs, total: int, batch_size: int = 64, progress: bool = True,
+                     desc: str = "") -> torch.Tensor:
+    """Class scores [total, classes] of ``total`` inputs that ``make_inputs(index)`` builds one
+    batch at a time (``index`` a LongTensor of copy numbers), so many perturbed copies share each
+    forward pass and never all sit in memory at once."""
+    chunks = []
+    with torch.no_grad():
+        for part in batch_slices(total, batch_size, progress, desc):
+            index = torch.arange(part.start, part.stop)
+            chunks.append(logits_of(model, make_inputs(index)))
+    return torch.cat(chunks)
+
+
+class _ModifiedReluBackward(torch.autograd.Function):
+    """Forward: the ReLU's output as it is. Backward: the gradient w.r.t. the ReLU's *input*
+    by the chosen rule, replacing the ReLU's own backward."""
+
+    @staticmethod
+    def forward(ctx, pre_activation, output, guided):
+        ctx.save_for_backward(output > 0 if guided else None)
+        return output.clone()  # a fresh tensor: later inplace ops cannot touch the saved mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        (active,) = ctx.saved_tensors
+        grad_in = grad.clamp(min=0)
+        if active is not None:
+            grad_in = grad_in * active
+        return grad_in, None, None
+
+
+@contextmanager
+def relu_rule(model: nn.Module, rule: str):
+    """Inside the block every ``nn.ReLU`` of ``model`` backpropagates by ``rule``
+    ("guided" or "deconvnet"); the forward pass is unchanged.
+
+    A forward pre-hook hands the ReLU a clone of its input, so an inplace ReLU cannot overwrite
+    the pre-activation whose autograd history we keep; the forward hook then returns the output
+    through ``_ModifiedReluBackward``, linked to that pre-activation. A module used several times
+    in one forward pass (torchvision's BasicBlock reuses ``self.relu``) gets one entry per call.
+    Functional ``F.relu`` calls inside ``forward`` cannot be hooked and keep the plain gradient.
+    """
+    if rule not in ("guided", "deconvnet"):
+        raise ValueError(f"rule must be 'guided' or 'deconvnet', got {rule!r}")
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise ValueError(f"{rule} needs nn.ReLU modules, and {type(model).__name__} has none "
+                         "(functional F.relu calls cannot be hooked)")
+    pending: dict[nn.Module, list] = {}
+
+    def keep_input(module, inputs):
+        pending.setdefault(module, []).append(inputs[0])
+        return (inputs[0].clone(),)
+
+    def replace_backward(module, inputs, output):
+        pre_activation = pending[module].pop()
+        return _ModifiedReluBackward.apply(pre_activation, output.detach(), rule == "guided")
+
+    handles = []
+    try:
+        for relu in relus:
+            handles.append(relu.register_forward_pre_hook(keep_input))
+            handles.append(relu.register_forward_hook(replace_backward))
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _input_gradient(model: nn.Module, x, target, rule: str | None = None) -> torch.Tensor:
+    """d score(target) / d x for a batch, with the plain ReLU backward or a modified ``rule``."""
+    x = as_batch(x)
+    with frozen(model):
+        inputs = x.detach().clone().requires_grad_(True)
+        if rule is None:
+            logits = logits_of(model, inputs)
+        else:
+            with relu_rule(model, rule):
+                logits = logits_of(model, inputs)
+        scores = selected_scores(logits, resolve_target(target, logits))
+        (grad,) = torch.autograd.grad(scores.sum(), inputs)
+    return grad.detach()
+
+
+# --------------------------------------------------------------------------- backpropagation
+
+
+def gradient(model: nn.Module, x, target=None) -> torch.Tensor:
+    """Vanilla gradient (Simonyan et al. 2014): d score / d x, signed, shaped like ``x``."""
+    return _input_gradient(model, x, target)
+
+
+def deconvnet(model: nn.Module, x, target=None) -> torch.Tensor:
+    """Deconvnet (Zeiler & Fergus 2014): at every ReLU only positive gradient passes back,
+    whatever the forward activation was. Signed, shaped like ``x``."""
+    return _input_gradient(model, x, target, rule="deconvnet")
+
+
+def guided_backprop(model: nn.Module, x, target=None) -> torch.Tensor:
+    """Guided backpropagation (Springenberg et al. 2015): at every ReLU only positive gradient
+    passes back, and only where the forward activation was positive. Signed, shaped like ``x``."""
+    return _input_gradient(model, x, target, rule="guided")
+
+
+def smoothgrad(model: nn.Module, x, target=None, samples: int = 25, noise: float = 0.15, method=gradient,
+               seed: int = 0, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """SmoothGrad (Smilkov et al. 2017): the mean of ``method``'s maps over ``samples`` noisy
+    copies of each image; the noise's standard deviation is ``noise`` times the image's value
+    range (max - min). ``target=None`` uses the prediction on the clean image for every copy."""
+    x = as_batch(x)
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    classes = predicted_or_given(model, x, target)
+    generator = torch.Generator().manual_seed(seed)
+    sigma = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
+    batch = x.shape[0]
+    total = torch.zeros_like(x)
+    for part in batch_slices(samples * batch, batch_size, progress, "smoothgrad"):
+        owner = torch.arange(part.start, part.stop, device=x.device) % batch
+        draws = torch.randn((part.stop - part.start, *x.shape[1:]), generator=generator).to(x.device, x.dtype)
+        noisy = x[owner] + draws * sigma[owner].view(-1, 1, 1, 1)
+        total.index_add_(0, owner, method(model, noisy, target=classes[owner]))
+    return total / samples
+
+
+def _path_weights(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Points ``alpha`` in [0,1] and weights of the quadrature rule for the path integral
+    (the same rules as Captum's ``IntegratedGradients``)."""
+    if method == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        return 0.5 * (1 + nodes), 0.5 * weights
+    if steps < 2:
+        raise ValueError("the Riemann rules need steps >= 2")
+    weights = np.full(steps, 1 / steps)
+    if method == "riemann_trapezoid":
+        weights[[0, -1]] /= 2
+        return np.linspace(0, 1, steps), weights
+    start = {"riemann_left": 0.0, "riemann_middle": 0.5 / steps, "riemann_right": 1 / steps}[method]
+    return np.linspace(start, start + 1 - 1 / steps, steps), weights
+
+
+def integrated_gradients(model: nn.Module, x, target=None, baseline=0.0, steps: int = 50,
+                         method: str = "gausslegendre", batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """Integrated gradients (Sundararajan et al. 2017): (x - baseline) times the mean gradient
+    along the straight path from ``baseline`` (a number or a tensor broadcastable to ``x``) to
+    ``x``, by the quadrature ``method`` with ``steps`` points. The attributions sum to about
+    score(x) - score(baseline) ("completeness"). ``target=None`` uses the prediction on ``x``."""
+    x = as_batch(x)
+    if method not in IG_METHODS:
+        raise ValueError(f"method must be one of {IG_METHODS}, got {method!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    classes = predicted_or_given(model, x, target)
+    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
+    alphas, weights = (torch.as_tensor(a, dtype=x.dtype, device=x.device) for a in _path_weights(steps, method))
+    batch = x.shape[0]
+    total = torch.zeros_like(x)
+    for part in batch_slices(steps * batch, batch_size, progress, "integrated gradients"):
+        index = torch.arange(part.start, part.stop, device=x.device)
+        step, owner = index // batch, index % batch
+        alpha = alphas[step].view(-1, 1, 1, 1)
+        points = base[owner] + alpha * (x[owner] - base[owner])
+        grads = _input_gradient(model, points, classes[owner])
+        total.index_add_(0, owner, grads * weights[step].view(-1, 1, 1, 1))
+    return (x - base) * total
+
+
+# --------------------------------------------------------------------------- perturbation
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
+    return pair
+
+
+def _window_cover(size: int, window: int, stride: int, device) -> torch.Tensor:
+    """[positions, size] bool: which pixels of one axis each window position covers. As in
+    Captum, positions start every ``stride`` pixels until the window reaches the border (the
+    last one is cut at the border when the stride does not divide the free space)."""
+    positions = 1 + -(-(size - window) // stride)
+    starts = torch.arange(positions, device=device)[:, None] * stride
+    pixels = torch.arange(size, device=device)[None]
+    return (pixels >= starts) & (pixels < starts + window)
+
+
+def occlusion(model: nn.Module, x, target=None, window=8, stride=4, baseline=0.0, batch_size: int = 64,
+              progress: bool = True) -> torch.Tensor:
+    """Occlusion (Zeiler & Fergus 2014) as defined by Captum's ``Occlusion``: slide a
+    ``window`` (all channels) over the image every ``stride`` pixels, replace it with
+    ``baseline`` (a number or a tensor broadcastable to ``x``), and give each pixel the average,
+    over the windows that cover it, of score(original) - score(occluded). Positive: hiding
+    the pixel lowers the score, so the model relied on it. Returns [B,H,W].
+
+    ``batch_size`` occluded copies (of any of the images) share one forward pass."""
+    x = as_batch(x)
+    height, width = x.shape[-2:]
+    (win_h, win_w), (step_h, step_w) = _pair(window, "window"), _pair(stride, "stride")
+    if win_h > height or win_w > width:
+        raise ValueError(f"window {win_h}x{win_w} is larger than the image {height}x{width}")
+    rows = _window_cover(height, win_h, step_h, x.device)
+    cols = _window_cover(width, win_w, step_w, x.device)
+    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
+    batch, positions = x.shape[0], rows.shape[0] * cols.shape[0]
+
+    def occluded(index):
+        index = index.to(x.device)
+        owner, position = index // positions, index % positions
+        hidden = rows[position // cols.shape[0], :, None] & cols[position % cols.shape[0], None, :]
+        return torch.where(hidden[:, None], base[owner], x[owner])
+
+    with torch.no_grad():
+        logits = logits_of(model, x)
+    classes = resolve_target(target, logits)
+    original = selected_scores(logits, classes)
+    logits = logits_of_copies(model, occluded, batch * positions, batch_size, progress, "occlusion")
+    owners = torch.arange(batch, device=x.device).repeat_interleave(positions)
+    drops = (original[owners] - selected_scores(logits, classes[owners])).view(batch, rows.shape[0], cols.shape[0])
+    rows_f, cols_f = rows.to(x.dtype), cols.to(x.dtype)
+    summed = rows_f.T @ drops @ cols_f  # [B,H,W]: sum over the windows covering each pixel
+    covering = rows_f.sum(0)[:, None] * cols_f.sum(0)[None, :]
+    return summed / covering
+
+
+# --------------------------------------------------------------------------- display
+
+
+def to_heatmap(attr, reduce: str = "abs_max") -> torch.Tensor:
+    """One value per pixel from a per-channel attribution [B,C,H,W] (or [C,H,W]) -> [B,H,W]:
+
+    - ``"abs_max"``: the largest absolute value over the channels (Simonyan et al. 2014);
+    - ``"square_sum"``: the sum of squares over channels (magnitude, sign ignored);
+    - ``"abs_sum"``: the sum of absolute values; ``"sum"``: the signed sum.
+    """
+    attr = as_batch(attr)
+    if reduce == "abs_max":
+        return attr.abs().amax(dim=1)
+    if reduce == "square_sum":
+        return attr.square().sum(dim=1)
+    if reduce == "abs_sum":
+        return attr.abs().sum(dim=1)
+    if reduce == "sum":
+        return attr.sum(dim=1)
+    raise ValueError(f"reduce must be one of {HEATMAP_REDUCTIONS}, got {reduce!r}")
