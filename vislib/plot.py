@@ -113,3 +113,78 @@ def confusion_matrix(y_true, y_pred, classes, ax=None, title: str = "Confusion m
                         color="white" if counts[i, j] > counts.max() / 2 else "black")
     ax.figure.tight_layout()
     return ax.figure
+
+
+def embedding_scatter(coords, labels=None, classes=None, images=None, thumbnails: int = 60, ax=None,
+                      title: str | None = None, zoom: float = 0.35, seed: int = 0):
+    """Points of a 2-D or 3-D projection [N,2|3], coloured by label (with a legend of ``classes``);
+    with ``images`` (2-D only), a seeded random subset of ``thumbnails`` of them drawn at their
+    points, framed in their class colour, so one sees what lies where."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    points = to_numpy(coords)
+    if points.ndim != 2 or points.shape[1] not in (2, 3):
+        raise ValueError(f"expected coordinates [N,2] or [N,3], got shape {points.shape}")
+    dim = points.shape[1]
+    if images is not None and dim == 3:
+        raise ValueError("thumbnails are drawn on 2-D scatters only")
+    labels = np.zeros(len(points), dtype=int) if labels is None else to_numpy(labels).astype(int)
+    if ax is None:
+        fig = plt.figure(figsize=(5.5, 4.5))
+        ax = fig.add_subplot(projection="3d" if dim == 3 else None)
+    colors = plt.get_cmap("tab10")(labels % 10)
+    for k in np.unique(labels):
+        chosen = labels == k
+        name = classes[k] if classes is not None else str(k)
+        ax.scatter(*points[chosen].T, s=8, color=colors[chosen][0], label=name, alpha=0.8)
+    if images is not None:
+        for i in np.random.default_rng(seed).permutation(len(points))[:thumbnails]:
+            box = AnnotationBbox(OffsetImage(to_image(images[i]), zoom=zoom, cmap="gray"), points[i],
+                                 frameon=True, pad=0.1, bboxprops={"edgecolor": colors[i], "linewidth": 1.5})
+            ax.add_artist(box)
+    for axis, setter in enumerate((ax.set_xlabel, ax.set_ylabel, getattr(ax, "set_zlabel", None))[:dim]):
+        setter(f"component {axis + 1}")
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    if title:
+        ax.set_title(title)
+    return ax.figure
+
+
+def activation_grid(maps: dict, channels: int = 8, size: float = 1.1, suptitle: str | None = None):
+    """One row per layer: the first ``channels`` feature maps of one image ({name: [C,H,W]}),
+    each scaled to its own range; the row label gives the layer and its shape."""
+    fig, axes = plt.subplots(len(maps), channels, figsize=(size * channels, size * len(maps) + 0.4),
+                             squeeze=False)
+    for row, (name, fmap) in zip(axes, maps.items()):
+        fmap = to_numpy(fmap)
+        fmap = fmap[0] if fmap.ndim == 4 else fmap
+        for c, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(fmap):
+                ax.imshow(normalize_map(fmap[c]), cmap="viridis", interpolation="nearest")
+                ax.set_title(f"ch {c}", fontsize=7)
+        row[0].set_ylabel(f"{name}\n{fmap.shape[0]}x{fmap.shape[1]}x{fmap.shape[2]}", fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_boxes(images, boxes, titles=None, ncols: int = 8, size: float = 1.6, suptitle: str | None = None,
+               color: str = "red"):
+    """Images with one box each, (top, left, bottom, right) in pixels, ends exclusive (e.g. the
+    receptive field of a unit)."""
+    images, boxes = list(images), to_numpy(boxes).astype(int)
+    if len(boxes) != len(images) or boxes.shape[-1] != 4:
+        raise ValueError(f"expected one box (top, left, bottom, right) per image, got shape {boxes.shape}")
+    fig, axes = _grid(len(images), ncols, size, suptitle)
+    for i, (ax, image, (top, left, bottom, right)) in enumerate(zip(axes, images, boxes)):
+        picture = to_image(image)
+        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, interpolation="nearest")
+        ax.add_patch(plt.Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                                   edgecolor=color, linewidth=1.5))
+        if titles is not None:
+            ax.set_title(str(titles[i]), fontsize=8)
+    fig.tight_layout()
+    return fig
