@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 from vislib.conventions import as_batch, resolve_target, selected_scores
 from vislib.hooks import capture, frozen, get_layer, layer_name
+from vislib.models import ShapesNet
+from vislib.saliency import guided_backprop
 
 SHAPES_NET_LAYER = "features.relu4"
 SHAPES_NET_FC = "fc"
@@ -38,8 +40,6 @@ def _default(model: nn.Module, value, shapes_net_value: str, what: str):
     """``value``, or ShapesNet's default; other models must say which module to use."""
     if value is not None:
         return value
-    from vislib.models import ShapesNet
-
     if isinstance(model, ShapesNet):
         return shapes_net_value
     raise ValueError(
@@ -147,8 +147,6 @@ def guided_grad_cam(model: nn.Module, x, target=None, layer=None) -> torch.Tenso
     """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map, a signed tensor
     shaped like ``x`` [B,C,H,W]: class-discriminative (from Grad-CAM) and sharp (from guided
     backprop). ``vislib.saliency.to_heatmap`` turns it into a [B,H,W] heatmap."""
-    from vislib.saliency import guided_backprop
-
     x = as_batch(x)
     coarse = grad_cam(model, x, target=target, layer=layer, upsample=True)
     return guided_backprop(model, x, target=target) * coarse[:, None]
