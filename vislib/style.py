@@ -173,6 +173,7 @@ def style_transfer(content: torch.Tensor, style: torch.Tensor, steps: int = 100,
     content's). ``optimizer``: "lbfgs" (default lr 1, one iteration per step, converges in
     far fewer steps) or "adam" (default lr 0.02). ``init``: "content", "noise" or an image.
     ``pretrained``: None uses VGG19's ImageNet weights when present, else random weights.
+    With ``style_weight=0`` and ``init="noise"`` this reconstructs the content from one layer.
     """
     content = _rgb_image(content, "content")
     return _synthesise(content, _rgb_image(style, "style"), content.shape[-2:], steps, content_weight,
@@ -200,7 +201,11 @@ def _synthesise(content, style, shape, steps, content_weight, style_weight, cont
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
     style_layers = (style_layers,) if isinstance(style_layers, str) else tuple(style_layers)
+    if style_weight == 0:  # a pure content reconstruction: no Gram matrices to compute
+        style_layers = ()
     layers = style_layers + ((content_layer,) if content is not None else ())
+    if not layers:
+        raise ValueError("nothing to match: give at least one style layer (or a content layer and image)")
     net = _extractor(pretrained, layers)
     device = style.device
     net = net.to(device)
@@ -231,7 +236,7 @@ def _synthesise(content, style, shape, steps, content_weight, style_weight, cont
         opt.zero_grad()
         with torch.enable_grad():
             features = extract(net, pixels, layers)
-            style_part = style_loss(features, style_targets)
+            style_part = style_loss(features, style_targets) if style_layers else torch.zeros((), device=device)
             content_part = content_loss(features[content_layer], content_target) if content is not None \
                 else torch.zeros((), device=device)
             loss = content_weight * content_part + style_weight * style_part
