@@ -189,17 +189,19 @@ def smoothgrad(model: nn.Module, x, target=None, samples: int = 25, noise: float
 
 
 def _path_weights(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """Points ``alpha`` in [0,1] and weights of the quadrature rule for the path integral
-    (the same rules as Captum's ``IntegratedGradients``)."""
+    """Points ``alpha`` in [0,1] and weights of the quadrature rule for the path integral: the
+    rules of Captum's ``IntegratedGradients``, except that the trapezoid weights sum to 1 here, so
+    that a linear model's attributions are exact."""
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         return 0.5 * (1 + nodes), 0.5 * weights
     if steps < 2:
         raise ValueError("the Riemann rules need steps >= 2")
-    weights = np.full(steps, 1 / steps)
-    if method == "riemann_trapezoid":
+    if method == "riemann_trapezoid":  # spacing 1/(steps-1); Captum's weights sum to 1 - 1/steps instead
+        weights = np.full(steps, 1 / (steps - 1))
         weights[[0, -1]] /= 2
         return np.linspace(0, 1, steps), weights
+    weights = np.full(steps, 1 / steps)
     start = {"riemann_left": 0.0, "riemann_middle": 0.5 / steps, "riemann_right": 1 / steps}[method]
     return np.linspace(start, start + 1 - 1 / steps, steps), weights
 
