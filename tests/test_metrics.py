@@ -56,6 +56,19 @@ def test_energy_in_mask():
     assert result.tolist() == [0.25, 0.0, 0.0]  # no positive evidence: 0, never NaN
 
 
+def test_iou_and_baseline_maps():
+    predicted = torch.stack([mask_at((0, 0), (0, 1)), torch.zeros(4, 4, dtype=torch.bool)])
+    truth = torch.stack([mask_at((0, 1), (1, 1), (2, 2)), torch.zeros(4, 4, dtype=torch.bool)])
+    assert metrics.iou(predicted, truth).tolist() == [0.25, 0.0]  # 1 shared pixel of 4; two empty masks: 0
+    centre = metrics.centre_maps(2, 4, 6)
+    assert centre.shape == (2, 4, 6) and torch.equal(centre[0], centre[1])
+    assert torch.equal(centre[0], centre[0].flip(0)) and torch.equal(centre[0], centre[0].flip(1))  # symmetric
+    assert centre[0, 1:3, 2:4].min() == centre.max() and centre[0, 1, 2] == pytest.approx(math.exp(-1 / 4))
+    noise = metrics.random_maps(3, 4, 4, seed=1)
+    assert torch.equal(noise, metrics.random_maps(3, 4, 4, seed=1))
+    assert not torch.equal(noise, metrics.random_maps(3, 4, 4, seed=2))
+
+
 def test_map_and_mask_checks():
     with pytest.raises(ValueError, match="same shape"):
         metrics.pointing_game(torch.zeros(2, 4, 4), torch.zeros(2, 8, 8, dtype=torch.bool))

@@ -89,6 +89,31 @@ def energy_in_mask(maps, masks) -> torch.Tensor:
     return torch.where(total > 0, inside / total.clamp(min=torch.finfo(total.dtype).tiny), torch.zeros_like(total))
 
 
+def iou(predicted, masks) -> torch.Tensor:
+    """Intersection over union [B] of bool masks [B,H,W] (e.g. a thresholded map) with the
+    ground truth; two empty masks score 0."""
+    predicted, masks = _maps_and_masks(predicted, masks)
+    predicted = predicted > 0
+    union = (predicted | masks).flatten(1).sum(1)
+    return (predicted & masks).flatten(1).sum(1) / union.clamp(min=1)
+
+
+def centre_maps(n: int, height: int, width: int, sigma: float | None = None) -> torch.Tensor:
+    """The "look at the middle" baseline [n,H,W]: a Gaussian bump at the image centre (std
+    ``sigma``, default a quarter of the smaller side). A method that cannot beat it has learned
+    no more than that objects tend to be central."""
+    sigma = min(height, width) / 4 if sigma is None else sigma
+    rows = torch.arange(height, dtype=torch.float32) - (height - 1) / 2
+    cols = torch.arange(width, dtype=torch.float32) - (width - 1) / 2
+    bump = torch.exp(-(rows[:, None] ** 2 + cols[None, :] ** 2) / (2 * sigma**2))
+    return bump.expand(n, height, width).clone()
+
+
+def random_maps(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """The chance baseline [n,H,W]: uniform noise, drawn from ``seed``."""
+    return torch.rand(n, height, width, generator=torch.Generator().manual_seed(seed))
+
+
 # --------------------------------------------------------------------------- faithfulness
 
 
