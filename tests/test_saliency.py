@@ -85,6 +85,21 @@ def test_hand_computed_maps(name):
     assert torch.equal(result, torch.tensor(HAND_MAPS[name]).view(2, 1, 1, 2))
 
 
+@pytest.mark.parametrize("name", ["gradient", "deconvnet", "guided_backprop"])
+def test_one_inplace_relu_on_the_input(name):
+    """The three rules on one ReLU, which works inplace on the input itself; the linear layer
+    after it sends back g = (1, -2, 3, 4) to the ReLU's inputs (-1, 2, 3, -0.5)."""
+    model = nn.Sequential(nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4, 1, bias=False))
+    with torch.no_grad():
+        model[2].weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 4.0]]))
+    x = torch.tensor([-1.0, 2.0, 3.0, -0.5]).view(1, 1, 1, 4)
+    expected = {"gradient": [0.0, -2.0, 3.0, 0.0],  # g where the input is positive
+                "deconvnet": [1.0, 0.0, 3.0, 4.0],  # g where g is positive
+                "guided_backprop": [0.0, 0.0, 3.0, 0.0]}  # both
+    assert SIGNED_METHODS[name](model, x, target=0).flatten().tolist() == expected[name]
+    assert x.flatten().tolist() == [-1.0, 2.0, 3.0, -0.5]  # the caller's input is not overwritten
+
+
 def test_hand_computed_occlusion():
     """A linear score sum(x) on one row of pixels (1, 2, 3, 4), baseline 0: hiding a window
     drops the score by the sum of its pixels."""

@@ -135,11 +135,13 @@ def _input_gradient(model: nn.Module, x, target, rule: str | None = None) -> tor
     x = as_batch(x)
     with frozen(model):
         inputs = x.detach().clone().requires_grad_(True)
+        # the model sees a copy: a first layer that works inplace (an nn.ReLU(inplace=True))
+        # may not overwrite the leaf tensor whose gradient we want
         if rule is None:
-            logits = logits_of(model, inputs)
+            logits = logits_of(model, inputs.clone())
         else:
             with relu_rule(model, rule):
-                logits = logits_of(model, inputs)
+                logits = logits_of(model, inputs.clone())
         scores = selected_scores(logits, resolve_target(target, logits))
         (grad,) = torch.autograd.grad(scores.sum(), inputs)
     return grad.detach()
