@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup lab test lint unit notebooks weights strip clean
+.PHONY: setup lab test lint unit notebooks weights bench strip clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ notebooks: setup  ## nbval: every cell runs without error; each notebook must fi
 
 weights: setup  ## retrain ShapesNet (seeded, about 10 minutes on a 2-core CPU)
 	$(BIN)/python -m vislib.train
+
+bench: setup  ## vislib side by side with Captum, pytorch-grad-cam and torchcam -> benchmarks/RESULTS.md
+	$(PIP) -e ".[test,bench]"
+	$(BIN)/python benchmarks/run.py
 
 strip:  ## remove outputs and execution counts from the notebooks before committing
 	$(BIN)/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
