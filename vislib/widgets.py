@@ -14,10 +14,11 @@ visualisation) wait for their "Draw" button, so a notebook cell that builds them
 
 from __future__ import annotations
 
+import contextlib
+
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
-from IPython.display import display
 from ipywidgets import widgets
 
 from vislib import cam as cam_methods
@@ -41,18 +42,21 @@ def explorer(figure_fn, controls: dict, auto: bool = True, **fixed) -> widgets.V
     plot = widgets.Output()
     plot.add_class(PLOT_CLASS)
 
-    def update(_change=None):
+    def update(change=None):
         values = {name: None if control.value == PREDICTED else control.value for name, control in controls.items()}
         status.value = COMPUTING
-        with plot:
-            try:
+        # After a change, long loops' progress bars show in the plot area until the figure replaces them.
+        # The first drawing runs in the notebook cell, which shows them itself; writing into an Output
+        # widget while a cell runs can also stall headless runners (nbclient) until their timeout.
+        try:
+            with plot if change is not None else contextlib.nullcontext():
                 figure = figure_fn(**fixed, **values)
-            except (ValueError, KeyError, IndexError) as error:
-                status.value = f"cannot draw: {error}"
-                return
-            plot.clear_output(wait=True)
-            display(figure)
-            plt.close(figure)
+        except (ValueError, KeyError, IndexError) as error:
+            status.value = f"cannot draw: {error}"
+            return
+        plot.outputs = ()
+        plot.append_display_data(figure)
+        plt.close(figure)
         status.value = ""
 
     buttons = []

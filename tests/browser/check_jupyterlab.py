@@ -31,17 +31,14 @@ import psutil
 from PIL import Image, ImageChops
 from playwright.sync_api import sync_playwright
 
+from tests.browser.chromium import launch, only_from
 from vislib.widgets import EXPLORER_CLASS, PLOT_CLASS
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / os.environ.get("VISLIB_BROWSER_NOTEBOOK", "notebooks/05_cam.ipynb")
 CONTROL = os.environ.get("VISLIB_BROWSER_CONTROL", "class")  # the label of the dropdown to change
-CHROMIUM = os.environ.get("VISLIB_CHROMIUM", "/usr/bin/chromium")
 LIMIT_S = int(os.environ.get("VISLIB_BROWSER_LIMIT_S", "300"))
 ARTEFACTS = ROOT / "build" / "browser"
-# The machines that run the course are offline: no sandbox (CI runs as root), no GPU, no background traffic.
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update", "--no-proxy-server"]
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 MIN_CHANGED_FRACTION = 0.01  # a new target class must repaint at least 1% of the plot's pixels
 
@@ -177,7 +174,6 @@ def run_all_cells(page):
 
 
 def test_explorer_reacts_in_jupyterlab(tmp_path):
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (make test-browser does it)"
     assert NOTEBOOK.exists(), f"{NOTEBOOK} is missing"
     ours_before = {p.pid for p in descendants(os.getpid())}
     root = tmp_path / "lab"
@@ -187,13 +183,11 @@ def test_explorer_reacts_in_jupyterlab(tmp_path):
     token = secrets.token_hex(16)
     with time_limit(LIMIT_S), jupyter_lab(root, token) as (url, server, started):
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            browser = launch(playwright)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.set_default_timeout(60_000)
-                # Refuse anything not served by our JupyterLab (the machine is offline anyway).
-                page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url)
-                           else route.abort())
+                only_from(page, url)  # nothing but our JupyterLab (the machine is offline anyway)
                 # The notebook's kernel is started here, so the page needs no kernel dialog.
                 api(url, token, "sessions", "POST", {"path": NOTEBOOK.name, "type": "notebook", "name": NOTEBOOK.name,
                                                      "kernel": {"name": "python3"}}, timeout=60)

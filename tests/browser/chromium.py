@@ -1,0 +1,26 @@
+"""Debian's Chromium for the browser checks: headless, driven by Playwright, never downloaded.
+
+The machines that run the course are offline, and CI runs as root: no sandbox, no GPU, no
+background traffic, no proxy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CHROMIUM = os.environ.get("VISLIB_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+         "--disable-background-networking", "--disable-component-update", "--no-proxy-server"]
+
+
+def launch(playwright):
+    """A headless Chromium browser from /usr/bin/chromium (or $VISLIB_CHROMIUM)."""
+    if not Path(CHROMIUM).exists():
+        raise FileNotFoundError(f"{CHROMIUM} is missing: apt-get install chromium (make test-browser does it)")
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+
+
+def only_from(page, prefix: str):
+    """Refuse every request of ``page`` whose URL does not start with ``prefix``."""
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(prefix) else route.abort())
