@@ -303,10 +303,10 @@ def _initial_rgb(init, shape, space: _InputSpace, gen: torch.Generator, device) 
 
 
 def total_variation(rgb: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference between neighbouring pixels, per image [B] (the beta = 2 total
-    variation of Mahendran & Vedaldi): small for smooth images, large for pixel noise."""
-    dy = (rgb[..., 1:, :] - rgb[..., :-1, :]).square().flatten(1).mean(1)
-    dx = (rgb[..., :, 1:] - rgb[..., :, :-1]).square().flatten(1).mean(1)
+    """The sum of squared differences between neighbouring pixels, per image [B] (the beta = 2
+    total variation of Mahendran & Vedaldi): small for smooth images, large for pixel noise."""
+    dy = (rgb[..., 1:, :] - rgb[..., :-1, :]).square().flatten(1).sum(1)
+    dx = (rgb[..., :, 1:] - rgb[..., :, :-1]).square().flatten(1).sum(1)
     return dx + dy
 
 
@@ -344,7 +344,8 @@ def visualize(model: nn.Module, objective: Objective, size: int = 64, steps: int
               tv: float = 0.0, blur_every: int = 0, blur_sigma: float = 0.5, jitter: int = 2, scale: float = 0.05,
               rotate: float = 5.0, normalize: bool = False, progress: bool = True) -> torch.Tensor:
     """An image that maximises ``objective``: Adam ascent on objective - l2 * ||I - 0.5||^2 -
-    tv * TV(I), for ``steps`` steps, on a frozen model in eval mode.
+    tv * TV(I) (sums over pixels, as in the lecture's lambda * ||I||^2; I is RGB in [0, 1],
+    centred at mid-grey), for ``steps`` steps, on a frozen model in eval mode.
 
     - ``param``: "pixel" (one value per pixel) or "fourier" (decorrelated 1/f spectrum, Lucent).
     - ``init``: "zeros" (mid-grey), "noise" (grey plus noise) or an image in the input space.
@@ -390,14 +391,14 @@ def visualize(model: nn.Module, objective: Objective, size: int = 64, steps: int
             rgb = image.rgb()
             score = _evaluate(model, space.to_input(_random_transform(rgb, gen, jitter, scale, rotate)),
                               objective.terms)
-            penalty = l2 * (rgb - 0.5).square().flatten(1).mean(1) + tv * total_variation(rgb)
+            penalty = l2 * (rgb - 0.5).square().flatten(1).sum(1) + tv * total_variation(rgb)
             optimizer.zero_grad()
             (penalty - score).sum().backward()
             optimizer.step()
         return space.to_input(image.rgb()).detach()
 
 
-def invert(model: nn.Module, image: torch.Tensor, layer, steps: int = 200, lr: float = 0.05, tv: float = 0.5,
+def invert(model: nn.Module, image: torch.Tensor, layer, steps: int = 200, lr: float = 0.05, tv: float = 1e-3,
            l2: float = 0.0, param: str = "pixel", init="noise", seed: int = 0, normalize: bool = False,
            progress: bool = True) -> torch.Tensor:
     """Reconstruct ``image`` from its features at ``layer`` alone (Mahendran & Vedaldi, 2015):
