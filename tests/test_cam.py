@@ -92,15 +92,16 @@ def test_grad_cam_matches_captum_layer_grad_cam(case):
     model, reference, layer, x, targets = case
     captum_cam = LayerGradCam(reference, get_layer(reference, layer))
     with untouched(model):
-        maps = {(relu, upsample): grad_cam(model, x, targets, layer=layer, upsample=upsample, relu=relu)
-                for relu in (True, False) for upsample in (True, False)}
-    for relu in (True, False):
-        expected = captum_cam.attribute(x, target=targets, relu_attributions=relu).detach()
-        coarse, fine = maps[relu, False], maps[relu, True]
-        assert relative_error(coarse, expected[:, 0]) < TOL
-        upsampled = LayerAttribution.interpolate(expected, tuple(x.shape[-2:]), "bilinear")
-        assert fine.shape == (len(x), *x.shape[-2:])
-        assert relative_error(fine, upsampled[:, 0]) < TOL
+        signed_coarse = grad_cam(model, x, targets, layer=layer, upsample=False, relu=False)
+        default = grad_cam(model, x, targets, layer=layer)
+    # Before the ReLU and the upsampling: the weighted sum of channels itself.
+    expected = captum_cam.attribute(x, target=targets, relu_attributions=False).detach()
+    assert relative_error(signed_coarse, expected[:, 0]) < TOL
+    # The default map: ReLU, then bilinear upsampling to the input size.
+    expected = captum_cam.attribute(x, target=targets, relu_attributions=True).detach()
+    upsampled = LayerAttribution.interpolate(expected, tuple(x.shape[-2:]), "bilinear")
+    assert default.shape == (len(x), *x.shape[-2:])
+    assert relative_error(default, upsampled[:, 0]) < TOL
 
 
 @pytest.mark.parametrize("case", CASES, indirect=True, ids=[case_id(c) for c in CASES])
