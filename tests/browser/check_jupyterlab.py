@@ -35,7 +35,7 @@ from tests.browser.chromium import launch, only_from
 from vislib.widgets import EXPLORER_CLASS, PLOT_CLASS
 
 ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOK = ROOT / os.environ.get("VISLIB_BROWSER_NOTEBOOK", "notebooks/05_cam.ipynb")
+NOTEBOOK = ROOT / os.environ.get("VISLIB_BROWSER_NOTEBOOK", "tests/browser/cam_explorer.ipynb")
 CONTROL = os.environ.get("VISLIB_BROWSER_CONTROL", "class")  # the label of the dropdown to change
 LIMIT_S = int(os.environ.get("VISLIB_BROWSER_LIMIT_S", "300"))
 ARTEFACTS = ROOT / "build" / "browser"
