@@ -99,7 +99,7 @@ def cam(model: nn.Module, x, target=None, layer=None, fc=None, upsample: bool = 
         raise ValueError(f"fc must be the nn.Linear after global average pooling, got {type(linear).__name__}")
 
     def fc_weights(activations, gradients, classes, logits):
-        if activations.ndim == 4 and activations.shape[1] != linear.in_features:
+        if activations.shape[1] != linear.in_features:
             raise ValueError(
                 f"layer has {activations.shape[1]} channels but fc expects {linear.in_features} inputs: "
                 "CAM needs layer -> global average pooling -> fc"
