@@ -47,6 +47,10 @@ STATIC_EXPLORER_NOTE = ("Interactive explorer: below is the figure it drew first
                         "(<code>make lab</code>) to change its controls.")
 
 
+class NotebookFailed(Exception):
+    pass
+
+
 def execute(path: Path, timeout: int) -> tuple[nbformat.NotebookNode, float]:
     """The notebook run top to bottom in its own folder (widget state kept), and the seconds it took."""
     notebook = nbformat.read(path, as_version=4)
@@ -55,7 +59,7 @@ def execute(path: Path, timeout: int) -> tuple[nbformat.NotebookNode, float]:
         NotebookClient(notebook, timeout=timeout, kernel_name="python3", store_widget_state=True,
                        resources={"metadata": {"path": str(path.parent)}}).execute()
     except CellExecutionError as error:
-        raise SystemExit(f"{path}: a cell failed, the site is not built\n{error}") from None
+        raise NotebookFailed(f"{path.name}: a cell failed\n{error}") from None
     return notebook, time.perf_counter() - start
 
 
@@ -133,14 +137,23 @@ def render_page(notebook, exporter, title: str, previous: dict | None, following
 def build(paths: list[Path], out: Path, timeout: int) -> list[dict]:
     if not paths:
         raise SystemExit("no notebooks to build")
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise SystemExit(f"no such notebook: {', '.join(missing)}")
     if out.exists():
         shutil.rmtree(out)
     (out / "thumbs").mkdir(parents=True)
     (out / "notebooks").mkdir()
     shutil.copy(TEMPLATES / "course.css", out / "course.css")
     entries, executed = [], []
+    failures = []
     for path in paths:
-        notebook, seconds = execute(path, timeout)
+        try:
+            notebook, seconds = execute(path, timeout)
+        except NotebookFailed as failure:  # build the other pages, then fail
+            print(failure, file=sys.stderr, flush=True)
+            failures.append(path.name)
+            continue
         explorers = freeze_widgets(notebook)
         pngs = figures(notebook)
         title, summary = title_and_summary(notebook, path.stem)
@@ -167,6 +180,8 @@ def build(paths: list[Path], out: Path, timeout: int) -> list[dict]:
         title=TITLE, intro=INTRO, notebooks=entries, nbconvert_version=nbconvert.__version__,
         built=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")), encoding="utf-8")
     (out / "manifest.json").write_text(json.dumps(entries, indent=1))
+    if failures:
+        raise SystemExit(f"{len(failures)} notebooks failed, their pages are missing: {', '.join(failures)}")
     return entries
 
 
