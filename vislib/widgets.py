@@ -39,7 +39,8 @@ AUTO = "auto"  # a dropdown choice that passes None: the default (predicted clas
 def explorer(figure_fn, controls: dict, auto: bool = True, **fixed) -> widgets.VBox:
     """Controls above a figure: ``figure_fn(**fixed, **{name: control.value})`` is drawn again
     whenever a control changes (``auto=True``, and once now) or when "Draw" is pressed
-    (``auto=False``: for figures that take seconds). An error is shown in the status line."""
+    (``auto=False``: for figures that take seconds). A choice the figure function refuses
+    (ValueError, KeyError, IndexError) is reported in the status line; other errors propagate."""
     if not controls:
         raise ValueError("an explorer needs at least one control")
     status = widgets.Label()
@@ -55,9 +56,11 @@ def explorer(figure_fn, controls: dict, auto: bool = True, **fixed) -> widgets.V
         try:
             with plot if change is not None else contextlib.nullcontext():
                 figure = figure_fn(**fixed, **values)
-        except (ValueError, KeyError, IndexError) as error:
+        except Exception as error:
             status.value = f"cannot draw: {error}"
-            return
+            if isinstance(error, (ValueError, KeyError, IndexError)):  # a choice the method refuses
+                return
+            raise
         plot.outputs = ({"output_type": "display_data", "metadata": {},
                          "data": {"image/png": png_base64(figure), "text/plain": repr(figure)}},)
         plt.close(figure)
