@@ -198,3 +198,13 @@ def test_project_rejects_bad_arguments():
         project(features[:3], "pca", dim=2)
     with pytest.raises(ValueError, match="NaN"):
         project(torch.full((10, 4), float("nan")), "pca")
+
+
+def test_project_leaves_torch_thread_count_alone():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        project(torch.randn(30, 4, generator=torch.Generator().manual_seed(0)), "umap")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

@@ -233,7 +233,8 @@ def project(features, method: str = "tsne", dim: int = 2, seed: int = 0, **optio
     """Map features [N,...] to ``dim`` (2 or 3) coordinates per row for plotting.
 
     ``"pca"``: the directions of largest variance (linear, fast). ``"tsne"``: keeps each
-    point's near neighbours near (scikit-learn; global distances are not meaningful).
+    point's near neighbours near (scikit-learn, started from PCA, 500 iterations; distances
+    between clusters are not meaningful).
     ``"umap"``: like t-SNE, often faster, keeps more of the global layout (umap-learn).
     Deterministic for a given ``seed``; extra ``options`` go to the estimator.
     """
@@ -256,11 +257,16 @@ def project(features, method: str = "tsne", dim: int = 2, seed: int = 0, **optio
 
         options.setdefault("perplexity", min(30.0, (len(array) - 1) / 3))
         options.setdefault("init", "pca")
+        options.setdefault("max_iter", 500)  # half scikit-learn's default: the same clusters in half the time
         estimator = TSNE(n_components=dim, random_state=seed, **options)
     else:
         import umap  # imported here: loading umap-learn takes seconds
 
         options.setdefault("n_neighbors", min(15, len(array) - 1))
         estimator = umap.UMAP(n_components=dim, random_state=seed, n_jobs=1, **options)
-    coords = estimator.fit_transform(array)
+    threads = torch.get_num_threads()
+    try:
+        coords = estimator.fit_transform(array)
+    finally:
+        torch.set_num_threads(threads)  # umap-learn's numba code resets the OpenMP thread count torch uses
     return torch.as_tensor(np.asarray(coords), dtype=torch.float32, device=matrix.device)
