@@ -21,7 +21,7 @@ SIGNED_METHODS = {
     "smoothgrad": partial(saliency.smoothgrad, samples=3, progress=False),
     "integrated_gradients": partial(saliency.integrated_gradients, steps=4, progress=False),
 }
-ALL_METHODS = {**SIGNED_METHODS, "occlusion": partial(saliency.occlusion, window=4, stride=4, progress=False)}
+ALL_METHODS = {**SIGNED_METHODS, "occlusion": partial(saliency.occlusion, window=8, stride=8, progress=False)}
 
 
 def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
@@ -218,7 +218,7 @@ def test_backprop_methods_match_captum(reference_models, model_name):
 def test_integrated_gradients_matches_captum(reference_models, model_name, method):
     model, twin, x, target = reference_models[model_name]
     baseline = 0.1 * torch.ones_like(x[:1])
-    steps = 6
+    steps = 4
     with untouched(model):
         result = saliency.integrated_gradients(model, x, target=target, baseline=baseline, steps=steps,
                                                method=method, batch_size=8, progress=False)
