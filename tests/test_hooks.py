@@ -73,3 +73,21 @@ def test_frozen_restores_everything_also_on_exception():
         with pytest.raises(ZeroDivisionError), frozen(model):
             model.train()
             raise ZeroDivisionError
+
+
+def test_module_called_twice_keeps_the_last_call_and_its_own_gradient():
+    class Twice(nn.Module):  # like torchvision's BasicBlock, which calls self.relu twice
+        def __init__(self):
+            super().__init__()
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.relu(x) * 3 - 1) * 2
+
+    model = Twice()
+    x = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    with capture(model, "relu", grads=True) as rec:
+        model(x).sum().backward()
+    assert rec.calls["relu"] == 2
+    assert torch.equal(rec["relu"], torch.tensor([[2.0, 5.0]]))           # the second call's output
+    assert torch.equal(rec.gradients["relu"], torch.tensor([[2.0, 2.0]]))  # d(2 * out2) / d out2, not 6

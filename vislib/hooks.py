@@ -9,6 +9,7 @@ also when the body raises) is kept in one place.
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -44,10 +45,13 @@ def get_layer(model: nn.Module, name) -> nn.Module:
 
 @dataclass
 class Recording:
-    """What ``capture`` saw: activations and gradients by layer name (detached copies)."""
+    """What ``capture`` saw: activations and gradients by layer name (detached copies), and how
+    many times each layer ran. A module that runs several times (torchvision's BasicBlock reuses
+    one ReLU) keeps its last call, and its gradient is that same call's."""
 
     activations: dict = field(default_factory=dict)
     gradients: dict = field(default_factory=dict)
+    calls: Counter = field(default_factory=Counter)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.activations[name]
@@ -76,10 +80,14 @@ def capture(model: nn.Module, layers, grads: bool = False):
 
     def record(name):
         def hook(module, inputs, output):
+            recording.calls[name] += 1
             recording.activations[name] = output.detach().clone()
             if grads and output.requires_grad:
+                call = recording.calls[name]
+
                 def save_grad(grad):
-                    recording.gradients[name] = grad.detach().clone()
+                    if call == recording.calls[name]:  # only the call whose activation is kept
+                        recording.gradients[name] = grad.detach().clone()
                 output.register_hook(save_grad)
         return hook
 
