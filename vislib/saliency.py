@@ -270,14 +270,18 @@ def occlusion(model: nn.Module, x, target=None, window=8, stride=4, baseline=0.0
         raise ValueError(f"window {win_h}x{win_w} is larger than the image {height}x{width}")
     rows = _window_cover(height, win_h, step_h, x.device)
     cols = _window_cover(width, win_w, step_w, x.device)
-    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
+    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    if base.ndim > 0:
+        base = base.expand_as(x)
     batch, positions = x.shape[0], rows.shape[0] * cols.shape[0]
 
     def occluded(index):
         index = index.to(x.device)
         owner, position = index // positions, index % positions
-        hidden = rows[position // cols.shape[0], :, None] & cols[position % cols.shape[0], None, :]
-        return torch.where(hidden[:, None], base[owner], x[owner])
+        hidden = (rows[position // cols.shape[0], :, None] & cols[position % cols.shape[0], None, :])[:, None]
+        if base.ndim == 0:  # a number: fill in place, the cheapest way to build the copies
+            return x[owner].masked_fill_(hidden, base)
+        return torch.where(hidden, base[owner], x[owner])
 
     with torch.no_grad():
         logits = logits_of(model, x)
