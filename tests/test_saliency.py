@@ -118,6 +118,22 @@ def test_hand_computed_occlusion():
     assert torch.equal(result, torch.tensor([[[0.0, 1.0, 2.0, 3.0]]]))
 
 
+def test_occlusion_with_a_tensor_baseline():
+    """A baseline image (here half grey, and a two-level one) instead of a number."""
+    model = tiny_cnn()
+    x = torch.rand(2, 3, 8, 8)
+    half = saliency.occlusion(model, x, target=[0, 1], window=4, stride=2, baseline=0.5, progress=False)
+    grey = saliency.occlusion(model, x, target=[0, 1], window=4, stride=2, baseline=torch.full((3, 8, 8), 0.5),
+                              progress=False)
+    assert torch.allclose(half, grey, atol=1e-6)
+    levels = torch.zeros(2, 3, 8, 8)
+    levels[1] = 1.0  # image 0 against black, image 1 against white
+    both = saliency.occlusion(model, x, target=[0, 1], window=4, stride=2, baseline=levels, progress=False)
+    assert torch.allclose(both[0], saliency.occlusion(model, x[0], 0, window=4, stride=2, progress=False)[0], atol=1e-6)
+    white = saliency.occlusion(model, x[1], 1, window=4, stride=2, baseline=1.0, progress=False)[0]
+    assert torch.allclose(both[1], white, atol=1e-6)
+
+
 def test_integrated_gradients_of_a_linear_model_is_exact():
     """For score = w . x the path integral is (x - baseline) * w, for any quadrature."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 2)).eval()
