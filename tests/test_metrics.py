@@ -184,6 +184,17 @@ def test_randomisation_of_a_linear_model_by_hand():
         assert result.ssim[0, i].item() == pytest.approx(expected_ssim, abs=1e-6)
 
 
+def test_rank_correlation_with_ties_matches_scipy():
+    """Saliency maps tie a lot (guided backprop is exactly 0 on most pixels): tied pixels share
+    their mean rank, as in scipy's spearmanr."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 3, (3, 5, 5), generator=generator).float()
+    b = torch.randint(0, 4, (3, 5, 5), generator=generator).float()
+    rho = metrics._rank_correlations(metrics._centred_ranks(a), metrics._centred_ranks(b))
+    for i in range(3):
+        assert rho[i] == pytest.approx(spearmanr(a[i].flatten(), b[i].flatten()).statistic, abs=1e-6)
+
+
 def test_a_map_that_ignores_the_model_passes_unchanged():
     """An 'explanation' that is just the image (an edge detector would do the same) does not
     change at all when the weights are destroyed: correlation and SSIM stay 1."""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
 from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
@@ -211,11 +211,17 @@ def _map_of(method, model, x, classes, reduce) -> torch.Tensor:
     return to_heatmap(result, reduce) if result.ndim == 4 else result
 
 
-def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rho of two flattened maps; 0 when either map is constant (no ranking)."""
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    return float(spearmanr(a.ravel(), b.ravel()).statistic)
+def _centred_ranks(maps: torch.Tensor) -> np.ndarray:
+    """Each map's pixel ranks [B, H*W] (tied pixels share their mean rank), minus their mean."""
+    ranks = rankdata(to_numpy(maps).reshape(len(maps), -1), axis=1)
+    return ranks - ranks.mean(axis=1, keepdims=True)
+
+
+def _rank_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's rho per map from centred ranks (the Pearson correlation of the ranks); 0 when
+    a map is constant, since it ranks nothing."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1.0), 0.0)
 
 
 def randomization_test(model: nn.Module, x, method, target=None, layers=None, reduce: str = "abs_max", seed: int = 0,
@@ -238,14 +244,12 @@ def randomization_test(model: nn.Module, x, method, target=None, layers=None, re
     work = copy.deepcopy(model)
     modules = dict(work.named_modules())
     maps = [_map_of(method, work, x, classes, reduce).detach()]
-    original = [to_numpy(m) for m in maps[0]]
+    original, original_ranks = [normalize_map(m) for m in maps[0]], _centred_ranks(maps[0])
     spearman, ssim = [], []
     for step, name in enumerate(tqdm(names, desc="randomising layers", disable=not progress, leave=False)):
         _reinitialise(modules[name], seed + step)
         maps.append(_map_of(method, work, x, classes, reduce).detach())
-        new = [to_numpy(m) for m in maps[-1]]
-        spearman.append([_rank_correlation(a, b) for a, b in zip(original, new)])
-        ssim.append([structural_similarity(normalize_map(a), normalize_map(b), data_range=1.0)
-                     for a, b in zip(original, new)])
-    return RandomizationResult(layers=names, spearman=torch.tensor(spearman, dtype=torch.float32),
+        spearman.append(_rank_correlations(original_ranks, _centred_ranks(maps[-1])))
+        ssim.append([structural_similarity(a, normalize_map(b), data_range=1.0) for a, b in zip(original, maps[-1])])
+    return RandomizationResult(layers=names, spearman=torch.tensor(np.array(spearman), dtype=torch.float32),
                                ssim=torch.tensor(ssim, dtype=torch.float32), maps=torch.stack(maps))
