@@ -208,26 +208,32 @@ def _channel_index(channels, count: int, device) -> torch.Tensor:
 
 def _scan(model, data, layer, k, channels, batch_size, progress, score):
     """One streaming pass: ``score(activations [B,C,H,W])`` -> (values [C,n], ids [C,n]) per
-    batch, ids relative to the batch's first image; keeps the running top-k."""
+    batch, ids relative to the batch's first image; keeps the running top-k. The score runs
+    inside the layer's hook, so no batch of activations is ever copied."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     name = layer_name(model, layer)
-    best, seen, index, shape, input_size = _RunningTopK(k), 0, None, None, None
-    with closing(stream_layers(model, data, [name], batch_size, progress, desc=f"top-{k} {name}")) as stream:
-        for x, acts in stream:
-            a, input_size = acts[name], tuple(x.shape[-2:])
-            if a.ndim != 4:
-                raise ValueError(f"{name} gives a tensor of shape {tuple(a.shape)}, not a feature map [B,C,H,W]")
-            if index is None:
-                index = _channel_index(channels, a.shape[1], a.device)
-            shape = a.shape
-            values, ids = score(a.index_select(1, index))
+    state = {}
+
+    def reduce(a):
+        if a.ndim != 4:
+            raise ValueError(f"{name} gives a tensor of shape {tuple(a.shape)}, not a feature map [B,C,H,W]")
+        if "index" not in state:
+            state["index"] = _channel_index(channels, a.shape[1], a.device)
+        state["shape"] = a.shape
+        return score(a if channels is None else a.index_select(1, state["index"]))
+
+    best, seen, input_size = _RunningTopK(k), 0, None
+    with closing(stream_layers(model, data, [name], batch_size, progress, f"top-{k} {name}", reduce)) as stream:
+        for x, scored in stream:
+            values, ids = scored[name]
+            shape, input_size = state["shape"], tuple(x.shape[-2:])
             best.update(values, ids + seen * shape[2] * shape[3])
-            seen += len(a)
+            seen += shape[0]
     if best.values is None or best.values.shape[1] < k:
         raise ValueError(f"asked for the top {k}, but the data holds only "
                          f"{0 if best.values is None else best.values.shape[1]} candidates")
-    return name, index, best, shape, input_size
+    return name, state["index"], best, state["shape"], input_size
 
 
 def top_patches(model: nn.Module, data, layer, k: int = 9, channels=None, distinct_images: bool = True,
@@ -246,8 +252,12 @@ def top_patches(model: nn.Module, data, layer, k: int = 9, channels=None, distin
             best, where = flat.max(dim=2)  # each image's best unit per channel: [B,C]
             values, images = best.T.topk(min(k, len(a)), dim=1)
             return values, images * flat.shape[2] + where.T.gather(1, images)
-        per_channel = flat.transpose(0, 1).reshape(a.shape[1], -1)  # [C, B*HW], ids = image*HW + unit
-        return per_channel.topk(min(k, per_channel.shape[1]), dim=1)
+        # the batch's top k per channel lie among each image's own top k: no [C, B*HW] copy needed
+        values, units = flat.topk(min(k, flat.shape[2]), dim=2)  # [B,C,k']
+        ids = units + torch.arange(len(a), device=a.device).view(-1, 1, 1) * flat.shape[2]
+        values, ids = values.transpose(0, 1).reshape(a.shape[1], -1), ids.transpose(0, 1).reshape(a.shape[1], -1)
+        top, where = values.topk(min(k, values.shape[1]), dim=1)
+        return top, ids.gather(1, where)
 
     name, index, best, shape, input_size = _scan(model, data, layer, k, channels, batch_size, progress, score)
     units = shape[2] * shape[3]

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from vislib.hooks import capture, frozen, layer_name
+from vislib.hooks import frozen, layer_name
 
 METRICS = ("cosine", "euclidean")
 METHODS = ("pca", "tsne", "umap")
@@ -65,18 +65,34 @@ def classifier_input_layer(model: nn.Module) -> str:
     return linears[-1]
 
 
+def _copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().clone()
+
+
 @contextmanager
-def _inputs_of(model: nn.Module, name: str):
-    """Record the input of layer ``name`` (a detached copy) into the yielded dict; hook removed on exit."""
+def _recording(model: nn.Module, names: list, inputs: bool, reduce):
+    """Store ``reduce(tensor)`` for the output of each named layer (its input, with ``inputs=True``)
+    into the yielded dict, last call wins; hooks removed on exit.
+
+    The reduction runs inside the hook, while the tensor is valid (a later inplace ReLU cannot
+    have changed it yet), so a reduced result never needs a full copy of the activations."""
     store = {}
 
-    def hook(module, inputs):
-        store[name] = inputs[0].detach().clone()
-    handle = model.get_submodule(name).register_forward_pre_hook(hook)
+    def hook_for(name):
+        if inputs:
+            return lambda module, args: store.__setitem__(name, reduce(args[0]))
+        return lambda module, args, output: store.__setitem__(name, reduce(output))
+
+    handles = []
     try:
+        for name in names:
+            module = model.get_submodule(name)
+            register = module.register_forward_pre_hook if inputs else module.register_forward_hook
+            handles.append(register(hook_for(name)))
         yield store
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
@@ -107,11 +123,12 @@ def _stop_when_seen(model: nn.Module, names: list, seen: dict):
 
 
 def stream_layers(model: nn.Module, data, layers, batch_size: int = 256, progress: bool = True,
-                  desc: str = "forward"):
-    """Yield ``(batch, {name: activation})`` per batch for ``layers`` (names or modules), computed in
-    eval mode without gradients; the forward pass stops early once all layers have been seen.
-    ``layers=None`` means the input of the last linear layer. The model is handed back as it was
-    (hooks removed, modes and ``requires_grad`` restored), also when a batch raises."""
+                  desc: str = "forward", reduce=_copy):
+    """Yield ``(batch, {name: reduce(activation)})`` per batch for ``layers`` (names or modules),
+    computed in eval mode without gradients (the default ``reduce`` is a detached copy); the
+    forward pass stops early once all layers have been seen. ``layers=None`` means the input of
+    the last linear layer. The model is handed back as it was (hooks removed, modes and
+    ``requires_grad`` restored), also when a batch raises."""
     device = model_device(model)
     pre = layers is None
     if pre:
@@ -122,17 +139,15 @@ def stream_layers(model: nn.Module, data, layers, batch_size: int = 256, progres
             raise ValueError("give at least one layer")
     with frozen(model), torch.no_grad():
         model.eval()
-        with (_inputs_of(model, names[0]) if pre else capture(model, names)) as recorded:
-            seen = recorded if pre else recorded.activations
-            with _stop_when_seen(model, names, seen) as end_of_batch:
-                for x in batches(data, batch_size, progress, desc):
-                    seen.clear()
-                    try:
-                        model(x.to(device))
-                    except _Enough:
-                        pass
-                    end_of_batch()
-                    yield x, {n: seen[n] for n in names}
+        with _recording(model, names, pre, reduce) as seen, _stop_when_seen(model, names, seen) as end_of_batch:
+            for x in batches(data, batch_size, progress, desc):
+                seen.clear()
+                try:
+                    model(x.to(device))
+                except _Enough:
+                    pass
+                end_of_batch()
+                yield x, {n: seen[n] for n in names}
 
 
 def extract(model: nn.Module, data, layer=None, batch_size: int = 256, pool: str | None = None,
@@ -148,12 +163,16 @@ def extract(model: nn.Module, data, layer=None, batch_size: int = 256, pool: str
     if pool not in (None, "avg", "max"):
         raise ValueError(f"pool must be None, 'avg' or 'max', got {pool!r}")
     out_device = data.device if isinstance(data, torch.Tensor) else torch.device("cpu")
+
+    def reduce(a):
+        if pool is None or a.ndim != 4:
+            return _copy(a)
+        return a.mean(dim=(2, 3)) if pool == "avg" else a.amax(dim=(2, 3))
+
     parts: dict = {}
-    with closing(stream_layers(model, data, layer, batch_size, progress, desc="extract")) as stream:
+    with closing(stream_layers(model, data, layer, batch_size, progress, "extract", reduce)) as stream:
         for _, acts in stream:
             for name, a in acts.items():
-                if pool is not None and a.ndim == 4:
-                    a = a.mean(dim=(2, 3)) if pool == "avg" else a.amax(dim=(2, 3))
                 parts.setdefault(name, []).append(a.to(out_device))
     features = {name: torch.cat(chunks) for name, chunks in parts.items()}
     if layer is None or isinstance(layer, (str, nn.Module)):
