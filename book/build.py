@@ -34,6 +34,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from PIL import Image
 
+from vislib.widgets import EXPLORER_CLASS
+
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -74,26 +76,30 @@ def _widget_figures(state: dict, model_id: str):
 
 
 def freeze_widgets(notebook: nbformat.NotebookNode) -> int:
-    """Replace each widget output by a note and the figures its Output widgets drew; drop the widget
-    state (so no widget script is loaded). Returns how many widget outputs were replaced."""
+    """Make widget outputs static and drop the widget state (so the page loads no widget script):
+    an explorer becomes a note and the figures its Output widget drew; any other widget (a tqdm
+    progress bar) keeps its text form. Returns how many explorers were frozen."""
     state = notebook.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
-    frozen = 0
+    explorers = 0
     for cell in notebook.cells:
         outputs = []
         for output in cell.get("outputs", []):
             view = output.get("data", {}).get(WIDGET_VIEW)
             if view is None:
                 outputs.append(output)
-                continue
-            frozen += 1
-            note = f'<div class="explorer-static"><p>{STATIC_EXPLORER_NOTE}</p></div>'
-            outputs.append(nbformat.v4.new_output("display_data", data={"text/html": note}))
-            outputs += [nbformat.v4.new_output("display_data", data={"image/png": png})
-                        for png in _widget_figures(state, view["model_id"])]
+            elif EXPLORER_CLASS in state.get(view["model_id"], {}).get("state", {}).get("_dom_classes", []):
+                explorers += 1
+                note = f'<div class="explorer-static"><p>{STATIC_EXPLORER_NOTE}</p></div>'
+                outputs.append(nbformat.v4.new_output("display_data", data={"text/html": note}))
+                outputs += [nbformat.v4.new_output("display_data", data={"image/png": png})
+                            for png in _widget_figures(state, view["model_id"])]
+            elif "text/plain" in output["data"]:
+                del output["data"][WIDGET_VIEW]
+                outputs.append(output)
         if "outputs" in cell:
             cell.outputs = outputs
     notebook.metadata.pop("widgets", None)
-    return frozen
+    return explorers
 
 
 def figures(notebook: nbformat.NotebookNode) -> list[str]:

@@ -376,13 +376,14 @@ def class_visualization_figure(model: nn.Module, target: int = 0, l2: float = 0.
 
 
 def class_visualization_explorer(model: nn.Module, class_names=None, steps: int = 128, size: int = 64,
-                                 normalize: bool = False) -> widgets.VBox:
-    """Class and regularisers (L2, total variation, blur, jitter); drawn on "Draw" (seconds)."""
+                                 normalize: bool = False, l2: float = 1e-3, tv: float = 1e-3) -> widgets.VBox:
+    """Class and regularisers (L2 and TV penalties starting at ``l2``, ``tv``; blur; jitter);
+    drawn on "Draw" (seconds)."""
     names = _names(model, class_names)
     controls = {
         "target": widgets.Dropdown(options=[(name, k) for k, name in enumerate(names)], value=0, description="class"),
-        "l2": widgets.FloatLogSlider(value=1e-3, base=10, min=-5, max=0, description="L2", continuous_update=False),
-        "tv": widgets.FloatLogSlider(value=1e-3, base=10, min=-5, max=0, description="TV", continuous_update=False),
+        "l2": widgets.FloatLogSlider(value=l2, base=10, min=-5, max=0, description="L2", continuous_update=False),
+        "tv": widgets.FloatLogSlider(value=tv, base=10, min=-5, max=0, description="TV", continuous_update=False),
         "blur_every": widgets.IntSlider(value=0, min=0, max=16, description="blur every", continuous_update=False),
         "jitter": widgets.IntSlider(value=2, min=0, max=8, description="jitter", continuous_update=False),
     }
