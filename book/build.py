@@ -4,7 +4,8 @@ The tool is nbconvert (maintained by Jupyter, installed with JupyterLab, so noth
 nbclient executes each notebook, nbconvert's HTML exporter renders it with JupyterLab's look through a
 small template (book/templates/course) that adds a bar to move between notebooks. The index page
 (book/templates/site_index.html.j2) is the course map: per notebook a thumbnail (its first figure),
-its title and a one-line summary (the first sentence under its title).
+its title and a one-line summary: its question from the course map table in notebook 00, else the
+first sentence under its title. The map's parts (model behaviour, model decisions) group the cards.
 
 Explorers (vislib.widgets) need a live kernel, so on the site each one becomes a static copy of
 the figure it drew first, with a note; the pages load no script except MathJax (from its CDN: offline,
@@ -20,6 +21,7 @@ import argparse
 import base64
 import datetime
 import io
+import itertools
 import json
 import re
 import shutil
@@ -45,8 +47,8 @@ TITLE = "Seeing inside convolutional networks"
 INTRO = ("A hands-on course on CNN visualisation: what the hidden layers compute, which pixels a decision "
          "rests on, what a unit wants to see, and how to check an explanation. Each notebook below was run "
          "top to bottom to make this site; the course map runs in lecture order.")
-STATIC_EXPLORER_NOTE = ("Interactive explorer: below is the figure it drew first. Run the notebook in JupyterLab "
-                        "(<code>make lab</code>) to change its controls.")
+STATIC_EXPLORER_NOTE = ("Interactive explorer{drawn}. Run the notebook in JupyterLab (<code>make lab</code>) to "
+                        "change its controls.")
 
 
 class NotebookFailed(Exception):
@@ -89,10 +91,11 @@ def freeze_widgets(notebook: nbformat.NotebookNode) -> int:
                 outputs.append(output)
             elif EXPLORER_CLASS in state.get(view["model_id"], {}).get("state", {}).get("_dom_classes", []):
                 explorers += 1
-                note = f'<div class="explorer-static"><p>{STATIC_EXPLORER_NOTE}</p></div>'
+                pngs = list(_widget_figures(state, view["model_id"]))
+                drawn = ": below is the figure it drew first" if pngs else " (it draws when its Draw button is pressed)"
+                note = f'<div class="explorer-static"><p>{STATIC_EXPLORER_NOTE.format(drawn=drawn)}</p></div>'
                 outputs.append(nbformat.v4.new_output("display_data", data={"text/html": note}))
-                outputs += [nbformat.v4.new_output("display_data", data={"image/png": png})
-                            for png in _widget_figures(state, view["model_id"])]
+                outputs += [nbformat.v4.new_output("display_data", data={"image/png": png}) for png in pngs]
             elif "text/plain" in output["data"]:
                 del output["data"][WIDGET_VIEW]
                 outputs.append(output)
@@ -128,6 +131,22 @@ def title_and_summary(notebook: nbformat.NotebookNode, fallback: str) -> tuple[s
     return fallback, ""
 
 
+def course_map(notebook: nbformat.NotebookNode) -> dict[str, tuple[str, str]]:
+    """Notebook 00's course map table (| part | NN name | question |) as {"NN": (part, question)};
+    a row with an empty part continues the part above it."""
+    rows, part = {}, ""
+    for cell in notebook.cells:
+        if cell.cell_type != "markdown" or "course map" not in cell.source.lower():
+            continue
+        for line in cell.source.splitlines():
+            fields = [field.strip() for field in line.strip().strip("|").split("|")]
+            if len(fields) == 3 and re.match(r"\d\d ", fields[1]):
+                part = fields[0] or part
+                question = _plain(fields[2])
+                rows[fields[1][:2]] = (part, question[:1].upper() + question[1:])
+    return rows
+
+
 def thumbnail(png_base64: str, path: Path):
     image = Image.open(io.BytesIO(base64.b64decode(png_base64))).convert("RGB")
     image.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH))
@@ -152,7 +171,7 @@ def build(paths: list[Path], out: Path, timeout: int) -> list[dict]:
     (out / "notebooks").mkdir()
     shutil.copy(TEMPLATES / "course.css", out / "course.css")
     entries, executed = [], []
-    failures = []
+    failures, course = [], {}
     for path in paths:
         try:
             notebook, seconds = execute(path, timeout)
@@ -171,7 +190,11 @@ def build(paths: list[Path], out: Path, timeout: int) -> list[dict]:
         shutil.copy(path, out / entry["source"])
         entries.append(entry)
         executed.append(notebook)
+        course.update(course_map(notebook))
         print(f"{seconds:6.1f} s  {path.name}: {len(pngs)} figures, {explorers} explorers", flush=True)
+
+    for entry in entries:  # the course map's question is the better one-line summary
+        entry["part"], entry["summary"] = course.get(entry["stem"][:2], ("", entry["summary"]))
 
     exporter = nbconvert.HTMLExporter(template_name="course", extra_template_basedirs=[str(TEMPLATES)],
                                       embed_images=True)
@@ -182,6 +205,8 @@ def build(paths: list[Path], out: Path, timeout: int) -> list[dict]:
                                          encoding="utf-8")
 
     index = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
+    index.filters["groupby_in_order"] = lambda items, key: [(part, list(group)) for part, group in
+                                                            itertools.groupby(items, lambda item: item[key])]
     (out / "index.html").write_text(index.get_template("site_index.html.j2").render(
         title=TITLE, intro=INTRO, notebooks=entries, nbconvert_version=nbconvert.__version__,
         built=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")), encoding="utf-8")

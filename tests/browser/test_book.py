@@ -1,0 +1,73 @@
+"""book/build.py's pieces without running notebooks: explorers become static figures, progress bars
+keep their text, the course map comes from notebook 00, summaries from a notebook's first paragraph."""
+
+import importlib.util
+from pathlib import Path
+
+import nbformat
+
+from vislib.widgets import EXPLORER_CLASS, PLOT_CLASS
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("book_build", ROOT / "book" / "build.py")
+build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build)
+
+PNG = "iVBORw0KGgo="  # any base64 text stands for a figure here
+
+
+def widget_notebook():
+    """A notebook as nbclient leaves it: an explorer (box -> output widget holding a figure) and a
+    tqdm progress bar, both as widget views, and the widget state in the metadata."""
+    state = {
+        "box": {"model_name": "VBoxModel", "state": {"_dom_classes": [EXPLORER_CLASS],
+                                                     "children": ["IPY_MODEL_controls", "IPY_MODEL_plot"]}},
+        "controls": {"model_name": "HBoxModel", "state": {"children": []}},
+        "plot": {"model_name": "OutputModel", "state": {"_dom_classes": [PLOT_CLASS], "outputs": [
+            {"output_type": "display_data", "metadata": {}, "data": {"image/png": PNG, "text/plain": "<Figure>"}}]}},
+        "bar": {"model_name": "HBoxModel", "state": {"children": []}},
+    }
+
+    def view(model_id, text):
+        return nbformat.v4.new_output("display_data", data={
+            build.WIDGET_VIEW: {"version_major": 2, "version_minor": 0, "model_id": model_id}, "text/plain": text})
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_markdown_cell("# 09 · A *test* notebook\n\nIt checks `build`. Nothing more."),
+                      nbformat.v4.new_code_cell("loop()", outputs=[view("bar", "100%|##########| 3/3")]),
+                      nbformat.v4.new_code_cell("explorer", outputs=[view("box", "VBox(...)")])]
+    notebook.metadata["widgets"] = {build.WIDGET_STATE: {"state": state, "version_major": 2, "version_minor": 0}}
+    return notebook
+
+
+def test_explorers_become_their_figures_and_bars_keep_their_text():
+    notebook = widget_notebook()
+    assert build.freeze_widgets(notebook) == 1
+    bar, explorer = notebook.cells[1].outputs, notebook.cells[2].outputs
+    assert bar[0]["data"] == {"text/plain": "100%|##########| 3/3"}
+    assert "Interactive explorer: below is the figure it drew first" in explorer[0]["data"]["text/html"]
+    assert explorer[1]["data"] == {"image/png": PNG} and len(explorer) == 2
+    assert "widgets" not in notebook.metadata
+    assert build.figures(notebook) == [PNG]
+
+
+def test_an_explorer_without_a_figure_says_how_it_draws():
+    notebook = widget_notebook()
+    notebook.metadata["widgets"][build.WIDGET_STATE]["state"]["plot"]["state"]["outputs"] = []
+    assert build.freeze_widgets(notebook) == 1
+    assert [list(output["data"]) for output in notebook.cells[2].outputs] == [["text/html"]]
+    assert "Draw button" in notebook.cells[2].outputs[0]["data"]["text/html"]
+
+
+def test_title_and_summary():
+    title, summary = build.title_and_summary(widget_notebook(), "fallback")
+    assert (title, summary) == ("09 · A test notebook", "It checks build.")
+    assert build.title_and_summary(nbformat.v4.new_notebook(), "fallback") == ("fallback", "")
+
+
+def test_course_map_of_notebook_00():
+    course = build.course_map(nbformat.read(ROOT / "notebooks" / "00_black_box.ipynb", as_version=4))
+    stems = sorted(path.stem[:2] for path in (ROOT / "notebooks").glob("0[1-9]_*.ipynb"))
+    assert sorted(course) == stems
+    assert course["01"][0] == "model behaviour" and course["05"][0] == "model decisions"
+    assert all(question[0].isupper() for _, question in course.values())
