@@ -91,3 +91,10 @@ def test_module_called_twice_keeps_the_last_call_and_its_own_gradient():
     assert rec.calls["relu"] == 2
     assert torch.equal(rec["relu"], torch.tensor([[2.0, 5.0]]))           # the second call's output
     assert torch.equal(rec.gradients["relu"], torch.tensor([[2.0, 2.0]]))  # d(2 * out2) / d out2, not 6
+
+
+def test_frozen_restores_batchnorm_statistics_of_a_model_in_train_mode():
+    model = ShapesNet().train()
+    with untouched(model), frozen(model):
+        model(torch.rand(4, 3, 32, 32) * 5)  # train mode: BatchNorm updates its running statistics here
+        assert not torch.equal(model.features.bn1.running_mean, torch.zeros(16))

@@ -110,11 +110,14 @@ def frozen(model: nn.Module):
     Parameters are set to ``requires_grad=False`` for the block, so a backward pass reaches
     the input without accumulating into any parameter's ``.grad``; gradients are enabled
     even when the caller is inside ``torch.no_grad()``. On exit, also after an exception,
-    each parameter's ``requires_grad`` and ``.grad`` and each module's mode are restored.
+    each parameter's ``requires_grad`` and ``.grad``, each module's mode, and the buffers
+    (a model in train mode updates BatchNorm's running statistics on every forward pass)
+    are restored.
     """
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
     modes = {m: m.training for m in model.modules()}
     try:
         for p in params:
@@ -125,6 +128,9 @@ def frozen(model: nn.Module):
         for p, flag, grad in zip(params, flags, grads):
             p.requires_grad_(flag)
             p.grad = grad
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
         for module, training in modes.items():
             module.train(training)
 
