@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from vislib.conventions import model_device
 from vislib.embedding import stream_layers
 from vislib.hooks import capture, frozen, get_layer, layer_name
 
@@ -151,8 +152,7 @@ def _output_size(model: nn.Module, name: str, height: int, width: int) -> tuple:
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError("the model has no nn.Conv2d: receptive fields are for convolutional networks")
-    param = next(model.parameters())
-    probe = torch.zeros(1, convs[0].in_channels, height, width, device=param.device, dtype=param.dtype)
+    probe = torch.zeros(1, convs[0].in_channels, height, width, device=model_device(model), dtype=convs[0].weight.dtype)
     with frozen(model), torch.no_grad(), capture(model, name) as rec:
         model.eval()
         model(probe)

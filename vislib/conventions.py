@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 
 def as_batch(x) -> torch.Tensor:
@@ -53,3 +54,24 @@ def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
 def selected_scores(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """The pre-softmax score of each sample's class: [B]."""
     return logits.gather(1, classes[:, None])[:, 0]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (the CPU for a model without parameters)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's class scores [B, classes]; any other output shape is a clear error."""
+    logits = model(x)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return class scores [B, classes]; it returned {shape}")
+    return logits
+
+
+def predicted_or_given(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+    """``target`` resolved against the model's prediction on ``x`` (one forward pass, no grad)."""
+    with torch.no_grad():
+        return resolve_target(target, logits_of(model, x))

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from vislib.conventions import model_device
 from vislib.hooks import frozen, layer_name
 
 METRICS = ("cosine", "euclidean")
@@ -49,12 +50,6 @@ def batches(data, batch_size: int = 256, progress: bool = True, desc: str = "bat
             raise ValueError(f"each batch must be a float tensor [B,C,H,W], got {type(x).__name__} "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else ''}")
         yield x
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters live (the CPU for a model without parameters)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def classifier_input_layer(model: nn.Module) -> str:

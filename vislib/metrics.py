@@ -23,10 +23,10 @@ from scipy.stats import rankdata
 from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
-from vislib.conventions import as_batch, selected_scores
+from vislib.conventions import as_batch, predicted_or_given, selected_scores
 from vislib.hooks import layer_name
 from vislib.plot import normalize_map, to_numpy
-from vislib.saliency import logits_of_copies, predicted_or_given, to_heatmap
+from vislib.saliency import logits_of_copies, to_heatmap
 
 
 def _as_maps(maps) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm, trange
 
-from vislib.conventions import as_batch, resolve_target
+from vislib.conventions import as_batch, model_device, resolve_target
 from vislib.hooks import capture, frozen, get_layer, layer_name
 from vislib.models import IMAGENET_MEAN, IMAGENET_STD
 
@@ -221,11 +221,6 @@ class _InputSpace:
         return (x * self.std + self.mean if self.normalize else x).clamp(0, 1)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 # --------------------------------------------------------------------------- parameterisations
 
 # Lucent's square root of ImageNet's colour covariance: optimising in these decorrelated colour
@@ -374,7 +369,7 @@ def visualize(model: nn.Module, objective: Objective, size: int = 64, steps: int
         raise ValueError(f"need lr > 0 and scale < 1, got lr={lr}, scale={scale}")
     if param not in _PARAMETERISATIONS:
         raise ValueError(f"param must be one of {', '.join(_PARAMETERISATIONS)}, got {param!r}")
-    device = _model_device(model)
+    device = model_device(model)
     space = _InputSpace(normalize, device)
     gen = torch.Generator().manual_seed(seed)
     shape = (batch, 3, size, size)
@@ -412,7 +407,7 @@ def invert(model: nn.Module, image: torch.Tensor, layer, steps: int = 200, lr: f
         raise ValueError(f"invert needs square images, got {tuple(image.shape[-2:])}")
     with frozen(model), capture(model, layer) as recording:
         model.eval()
-        model(image.to(_model_device(model)))
+        model(image.to(model_device(model)))
     target = recording[layer_name(model, layer)]
     result = visualize(model, _feature_match(layer, target), size=image.shape[-1], steps=steps, lr=lr, seed=seed,
                        batch=len(image), param=param, init=init, l2=l2, tv=tv, jitter=0, scale=0.0, rotate=0.0,

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from vislib.conventions import as_batch, resolve_target, selected_scores
+from vislib.conventions import as_batch, logits_of, predicted_or_given, resolve_target, selected_scores
 from vislib.hooks import frozen
 
 HEATMAP_REDUCTIONS = ("abs_max", "square_sum", "abs_sum", "sum")
@@ -35,21 +35,6 @@ IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_rig
 
 
 # --------------------------------------------------------------------------- shared plumbing
-
-
-def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's class scores [B, classes]; any other output shape is a clear error."""
-    logits = model(x)
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"the model must return class scores [B, classes]; it returned {shape}")
-    return logits
-
-
-def predicted_or_given(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
-    """``target`` resolved against the model's prediction on ``x`` (one forward pass, no grad)."""
-    with torch.no_grad():
-        return resolve_target(target, logits_of(model, x))
 
 
 def batch_slices(total: int, batch_size: int, progress: bool = True, desc: str = ""):
