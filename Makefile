@@ -41,3 +41,22 @@ strip:  ## remove outputs and execution counts from the notebooks before committ
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache
+
+# --- the course site and the browser checks ----------------------------------------------------
+.PHONY: browser-deps test-browser book check-book
+CHROMIUM        ?= /usr/bin/chromium
+BROWSER_LIMIT_S ?= 420
+
+browser-deps: setup  ## Debian's Chromium (apt-get, as root) and Playwright for Python; no browser download
+	test -x $(CHROMIUM) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	$(PIP) -e ".[test,browser]"
+
+test-browser: browser-deps  ## JupyterLab + headless Chromium: run a notebook, change an explorer, its figure changes
+	VISLIB_BROWSER_LIMIT_S=$(BROWSER_LIMIT_S) timeout -k 10 $$(($(BROWSER_LIMIT_S) + 60)) \
+		$(BIN)/pytest -p no:cacheprovider -s tests/browser/check_jupyterlab.py
+
+book: setup  ## run every notebook and render the course site in build/site/ (nbconvert)
+	$(BIN)/python book/build.py --out build/site
+
+check-book: browser-deps  ## open build/site in headless Chromium: every notebook page shows its figures
+	$(BIN)/pytest -p no:cacheprovider -s tests/browser/check_site.py
