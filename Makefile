@@ -21,7 +21,7 @@ lab: setup  ## start JupyterLab on the course notebooks
 test: lint unit notebooks  ## ruff, the unit tests, then every notebook top to bottom
 
 lint: setup
-	$(BIN)/ruff check vislib tests notebooks benchmarks
+	$(BIN)/ruff check vislib tests notebooks benchmarks book
 
 unit: setup
 	$(BIN)/pytest tests
