@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from vislib.conventions import as_batch, logits_of, model_device, resolve_target, selected_scores
+
+from .helpers import tiny_cnn
+
+
+def test_as_batch():
+    assert as_batch(torch.zeros(3, 8, 8)).shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"\[B,C,H,W\]"):
+        as_batch(torch.zeros(8, 8))
+    with pytest.raises(ValueError, match="float"):
+        as_batch(torch.zeros(1, 3, 8, 8, dtype=torch.long))
+    with pytest.raises(TypeError):
+        as_batch([[0.0]])
+
+
+def test_resolve_target_forms():
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]])
+    assert resolve_target(None, logits).tolist() == [1, 0]
+    assert resolve_target(2, logits).tolist() == [2, 2]
+    assert resolve_target([0, 2], logits).tolist() == [0, 2]
+    assert resolve_target(torch.tensor([2, 1]), logits).tolist() == [2, 1]
+    assert selected_scores(logits, torch.tensor([1, 2])).tolist() == [2.0, 1.0]
+
+
+@pytest.mark.parametrize("bad,error", [([0, 1, 2], ValueError), ([0], ValueError), (3, ValueError),
+                                       (-1, ValueError), (True, TypeError), ([0.5, 1.0], TypeError)])
+def test_resolve_target_rejects_bad_targets(bad, error):
+    with pytest.raises(error):
+        resolve_target(bad, torch.zeros(2, 3))
+
+
+def test_logits_of_and_model_device():
+    model = tiny_cnn()
+    assert logits_of(model, torch.zeros(2, 3, 8, 8)).shape == (2, 3)
+    with pytest.raises(ValueError, match="class scores"):
+        logits_of(model.conv1, torch.zeros(2, 3, 8, 8))
+    assert model_device(model) == torch.device("cpu")
+    assert model_device(torch.nn.ReLU()) == torch.device("cpu")
