@@ -331,6 +331,21 @@ def test_layer_outside_the_forward_pass():
         grad_cam(model, torch.randn(1, 3, 8, 8), layer="unused")
 
 
+def test_layer_the_score_does_not_depend_on():
+    class SideBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.side = tiny_cnn(), nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            self.side(x)  # runs, but its output is thrown away
+            return self.net(x)
+
+    model = SideBranch()
+    with untouched(model), pytest.raises(ValueError, match="received no gradient"):
+        grad_cam(model, torch.randn(1, 3, 8, 8), layer="side")
+
+
 def test_all_zero_map_stays_finite():
     model = fixed_model()
     x = -torch.ones(2, 2, 4, 4)  # every activation is cut by the ReLU: no evidence anywhere

@@ -47,6 +47,35 @@ def test_capture_gradients_match_autograd():
     assert torch.allclose(rec.gradients["relu2"], expected)
 
 
+def graph_nodes(tensor: torch.Tensor) -> list[str]:
+    """The names of every autograd node a backward pass from ``tensor`` would visit."""
+    seen, todo = [], [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None:
+            seen.append(type(node).__name__)
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    return seen
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_capture_starts_the_graph_at_the_layer_when_nothing_before_it_needs_grad(inplace):
+    model = tiny_cnn(inplace=inplace)
+    x = torch.randn(2, 3, 8, 8)
+    with untouched(model), frozen(model), capture(model, "conv2", grads=True) as rec:
+        logits = model(x)
+        nodes = graph_nodes(logits)
+        logits[:, 1].sum().backward()
+    # the backward pass runs fc, pool and relu2 only: conv2 and everything below it are not differentiated
+    assert not any(name.startswith("Convolution") for name in nodes), nodes
+    with frozen(model):
+        conv2_output = model.conv2(model.relu1(model.conv1(x.clone()))).requires_grad_(True)
+        (expected,) = torch.autograd.grad(model.fc(model.pool(conv2_output.relu()).flatten(1))[:, 1].sum(),
+                                          conv2_output)
+    assert torch.allclose(rec.gradients["conv2"], expected)
+    assert not x.requires_grad
+
+
 @pytest.mark.parametrize("inplace", [True, False])
 def test_no_hook_left_after_exit_or_exception(inplace):
     model = ShapesNet().train()

@@ -56,16 +56,15 @@ def _class_map(model: nn.Module, x, target, layer, channel_weights, upsample: bo
     x = as_batch(x)
     name = layer_name(model, layer)
     with frozen(model), capture(model, name, grads=needs_gradients) as recording:
-        # The input requires grad so that the layer's output has a gradient even when every
-        # parameter is frozen (and the user's own tensor is never touched).
-        inputs = x.detach().requires_grad_(needs_gradients)
+        # With frozen parameters and a plain input, capture starts the autograd graph at the
+        # layer, so the backward pass runs from the score down to the layer and no further.
         with torch.set_grad_enabled(needs_gradients):
-            logits = model(inputs)
+            logits = model(x.detach())
+        if name not in recording.activations:
+            raise ValueError(f"layer {name!r} did not run in the model's forward pass")
         classes = resolve_target(target, logits)
-        if needs_gradients:
+        if needs_gradients and logits.requires_grad:
             selected_scores(logits, classes).sum().backward()
-    if name not in recording.activations:
-        raise ValueError(f"layer {name!r} did not run in the model's forward pass")
     activations = recording.activations[name]
     if activations.ndim != 4:
         raise ValueError(

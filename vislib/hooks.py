@@ -67,9 +67,11 @@ def capture(model: nn.Module, layers, grads: bool = False):
     >>> rec["features.relu4"].shape
 
     Outputs are stored as detached copies, so an inplace ReLU that runs later cannot
-    overwrite them. A gradient is recorded only if the layer's output takes part in a
-    backward pass (the input or the parameters must require grad). On exit, also after an
-    exception, every hook is removed and each module's train/eval mode is as it was.
+    overwrite them. With ``grads=True`` a gradient is recorded when the layer's output takes
+    part in a backward pass. If nothing before the layer requires grad (a frozen model and a
+    plain input), its output becomes the start of the autograd graph, so a backward pass
+    stops there instead of running on to the input: this halves Grad-CAM's cost. On exit,
+    also after an exception, every hook is removed and each module's train/eval mode is as it was.
     """
     names = [layers] if isinstance(layers, (str, nn.Module)) else list(layers)
     if not names:
@@ -82,13 +84,20 @@ def capture(model: nn.Module, layers, grads: bool = False):
         def hook(module, inputs, output):
             recording.calls[name] += 1
             recording.activations[name] = output.detach().clone()
-            if grads and output.requires_grad:
-                call = recording.calls[name]
+            if not grads or not torch.is_grad_enabled() or not output.is_floating_point():
+                return None
+            call = recording.calls[name]
 
-                def save_grad(grad):
-                    if call == recording.calls[name]:  # only the call whose activation is kept
-                        recording.gradients[name] = grad.detach().clone()
+            def save_grad(grad):
+                if call == recording.calls[name]:  # only the call whose activation is kept
+                    recording.gradients[name] = grad.detach().clone()
+
+            if output.requires_grad:
                 output.register_hook(save_grad)
+                return None
+            start = output.detach().requires_grad_(True)
+            start.register_hook(save_grad)
+            return start.clone()  # not the leaf itself: a following inplace ReLU may modify it
         return hook
 
     modes = {m: m.training for m in model.modules()}
