@@ -9,7 +9,7 @@ from sklearn.decomposition import PCA
 
 from tests.helpers import tiny_cnn, untouched
 from vislib.data import make_shapes
-from vislib.embedding import extract, nearest, precision_at_k, project
+from vislib.embedding import batches, extract, nearest, precision_at_k, project
 from vislib.hooks import capture
 from vislib.models import shapes_net, torchvision_model
 
@@ -208,3 +208,14 @@ def test_project_leaves_torch_thread_count_alone():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_default_batches_are_small_for_large_images_whatever_holds_them():
+    large, small = torch.zeros(12, 3, 224, 224), torch.zeros(130, 3, 64, 64)
+    assert [len(b) for b in batches(large, progress=False)] == [5, 5, 2]
+    assert [len(b) for b in batches(small, progress=False)] == [64, 64, 2]
+    labelled = torch.utils.data.TensorDataset(large, torch.zeros(12, dtype=torch.long))
+    assert [len(b) for b in batches(labelled, progress=False)] == [5, 5, 2]
+    assert [len(b) for b in batches(small, batch_size=100, progress=False)] == [100, 30]
+    with pytest.raises(ValueError, match="positive int"):
+        next(batches(small, batch_size=0))

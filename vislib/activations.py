@@ -237,7 +237,7 @@ def _scan(model, data, layer, k, channels, batch_size, progress, score):
 
 
 def top_patches(model: nn.Module, data, layer, k: int = 9, channels=None, distinct_images: bool = True,
-                batch_size: int = 256, progress: bool = True) -> TopActivations:
+                batch_size: int | None = None, progress: bool = True) -> TopActivations:
     """The ``k`` input patches that excite each channel of ``layer`` most, in one pass over ``data``
     (a tensor [N,C,H,W], a dataset or an iterable of batches).
 
@@ -267,7 +267,7 @@ def top_patches(model: nn.Module, data, layer, k: int = 9, channels=None, distin
     return TopActivations(name, index, best.values, image, positions, rf.boxes(positions), rf)
 
 
-def top_images(model: nn.Module, data, layer, k: int = 9, channels=None, batch_size: int = 256,
+def top_images(model: nn.Module, data, layer, k: int = 9, channels=None, batch_size: int | None = None,
                progress: bool = True) -> TopActivations:
     """The ``k`` whole images with the highest mean activation (over space) of each channel
     of ``layer``, in one streaming pass; ``values`` are those means."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from vislib.conventions import model_device
+from vislib.conventions import copies_per_pass, model_device
 from vislib.hooks import frozen, layer_name
 
 METRICS = ("cosine", "euclidean")
@@ -27,18 +27,29 @@ class _Enough(Exception):
     pass would only cost time."""
 
 
-def batches(data, batch_size: int = 256, progress: bool = True, desc: str = "batches"):
+def _dataset_batch_size(dataset, batch_size: int | None) -> int:
+    """``batch_size``, or ``copies_per_pass`` of the dataset's first image (64 if it cannot be seen)."""
+    if batch_size is not None:
+        return batch_size
+    if isinstance(dataset, torch.utils.data.IterableDataset) or len(dataset) == 0:
+        return 64
+    first = dataset[0][0] if isinstance(dataset[0], (tuple, list)) else dataset[0]
+    return copies_per_pass(first) if isinstance(first, torch.Tensor) and first.ndim >= 2 else 64
+
+
+def batches(data, batch_size: int | None = None, progress: bool = True, desc: str = "batches"):
     """Yield image batches [B,C,H,W] from a tensor [N,C,H,W], a dataset of images or
-    (image, label) pairs, or an iterable of such batches (e.g. a DataLoader), with a progress
-    bar when there are several batches."""
-    if not isinstance(batch_size, int) or batch_size < 1:
+    (image, label) pairs, or an iterable of such batches (e.g. a DataLoader, whose own batch
+    size is kept), with a progress bar when there are several batches. ``batch_size=None``:
+    ``copies_per_pass`` of the first image."""
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(data, torch.Tensor):
         if data.ndim != 4:
             raise ValueError(f"expected images [N,C,H,W], got a tensor of shape {tuple(data.shape)}")
-        chunks = data.split(batch_size)
+        chunks = data.split(copies_per_pass(data, batch_size))
     elif isinstance(data, torch.utils.data.Dataset):
-        chunks = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+        chunks = torch.utils.data.DataLoader(data, batch_size=_dataset_batch_size(data, batch_size), shuffle=False)
     elif hasattr(data, "__iter__"):
         chunks = data
     else:
@@ -117,7 +128,7 @@ def _stop_when_seen(model: nn.Module, names: list, seen: dict):
             handle.remove()
 
 
-def stream_layers(model: nn.Module, data, layers, batch_size: int = 256, progress: bool = True,
+def stream_layers(model: nn.Module, data, layers, batch_size: int | None = None, progress: bool = True,
                   desc: str = "forward", reduce=_copy):
     """Yield ``(batch, {name: reduce(activation)})`` per batch for ``layers`` (names or modules),
     computed in eval mode without gradients (the default ``reduce`` is a detached copy); the
@@ -145,7 +156,7 @@ def stream_layers(model: nn.Module, data, layers, batch_size: int = 256, progres
                 yield x, {n: seen[n] for n in names}
 
 
-def extract(model: nn.Module, data, layer=None, batch_size: int = 256, pool: str | None = None,
+def extract(model: nn.Module, data, layer=None, batch_size: int | None = None, pool: str | None = None,
             progress: bool = True):
     """Features of a whole dataset, one row per image, in one streaming pass.
 

@@ -23,7 +23,7 @@ from scipy.stats import rankdata
 from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
-from vislib.conventions import as_batch, predicted_or_given, selected_scores
+from vislib.conventions import as_batch, copies_per_pass, predicted_or_given, selected_scores
 from vislib.hooks import layer_name
 from vislib.plot import normalize_map, to_numpy
 from vislib.saliency import logits_of_copies, to_heatmap
@@ -118,7 +118,7 @@ def random_maps(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
 
 
 def perturbation_curve(model: nn.Module, images, maps, target=None, mode: str = "deletion", steps: int = 32,
-                       baseline=0.0, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+                       baseline=0.0, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
     """The class probability [B, steps+1] as pixels are changed in the map's order, most
     salient first, ``1/steps`` of the image per step (all channels of a pixel together):
 
@@ -150,7 +150,7 @@ def perturbation_curve(model: nn.Module, images, maps, target=None, mode: str = 
         switched = rank[owner] < changed[step][:, None, None]
         return torch.where(switched[:, None], end[owner], start[owner])
 
-    logits = logits_of_copies(model, copies, batch * (steps + 1), batch_size, progress, mode)
+    logits = logits_of_copies(model, copies, batch * (steps + 1), copies_per_pass(images, batch_size), progress, mode)
     owners = torch.arange(batch, device=images.device).repeat_interleave(steps + 1)
     return selected_scores(logits.softmax(dim=1), classes[owners]).view(batch, steps + 1)
 
@@ -160,15 +160,15 @@ def _area(curve: torch.Tensor) -> torch.Tensor:
     return ((curve[:, 1:] + curve[:, :-1]) / 2).mean(dim=1)
 
 
-def deletion_auc(model: nn.Module, images, maps, target=None, steps: int = 32, baseline=0.0, batch_size: int = 64,
-                 progress: bool = True) -> torch.Tensor:
+def deletion_auc(model: nn.Module, images, maps, target=None, steps: int = 32, baseline=0.0,
+                 batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
     """Area [B] under the deletion curve (``perturbation_curve``): lower is better, the map
     found the pixels whose removal destroys the class evidence fastest."""
     return _area(perturbation_curve(model, images, maps, target, "deletion", steps, baseline, batch_size, progress))
 
 
-def insertion_auc(model: nn.Module, images, maps, target=None, steps: int = 32, baseline=0.0, batch_size: int = 64,
-                  progress: bool = True) -> torch.Tensor:
+def insertion_auc(model: nn.Module, images, maps, target=None, steps: int = 32, baseline=0.0,
+                  batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
     """Area [B] under the insertion curve (``perturbation_curve``): higher is better, the map
     found the pixels that restore the class evidence fastest."""
     return _area(perturbation_curve(model, images, maps, target, "insertion", steps, baseline, batch_size, progress))

@@ -27,7 +27,14 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from vislib.conventions import as_batch, logits_of, predicted_or_given, resolve_target, selected_scores
+from vislib.conventions import (
+    as_batch,
+    copies_per_pass,
+    logits_of,
+    predicted_or_given,
+    resolve_target,
+    selected_scores,
+)
 from vislib.hooks import frozen
 
 HEATMAP_REDUCTIONS = ("abs_max", "square_sum", "abs_sum", "sum")
@@ -46,7 +53,7 @@ def batch_slices(total: int, batch_size: int, progress: bool = True, desc: str =
         yield slice(start, min(start + batch_size, total))
 
 
-def logits_of_copies(model: nn.Module, make_inputs, total: int, batch_size: int = 64, progress: bool = True,
+def logits_of_copies(model: nn.Module, make_inputs, total: int, batch_size: int, progress: bool = True,
                      desc: str = "") -> torch.Tensor:
     """Class scores [total, classes] of ``total`` inputs that ``make_inputs(index)`` builds one
     batch at a time (``index`` a LongTensor of copy numbers), so many perturbed copies share each
@@ -153,10 +160,11 @@ def guided_backprop(model: nn.Module, x, target=None) -> torch.Tensor:
 
 
 def smoothgrad(model: nn.Module, x, target=None, samples: int = 25, noise: float = 0.15, method=gradient,
-               seed: int = 0, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+               seed: int = 0, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): the mean of ``method``'s maps over ``samples`` noisy
     copies of each image; the noise's standard deviation is ``noise`` times the image's value
-    range (max - min). ``target=None`` uses the prediction on the clean image for every copy."""
+    range (max - min). ``target=None`` uses the prediction on the clean image for every copy.
+    ``batch_size`` copies share one pass (default: ``copies_per_pass``)."""
     x = as_batch(x)
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
@@ -167,7 +175,7 @@ def smoothgrad(model: nn.Module, x, target=None, samples: int = 25, noise: float
     sigma = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
     batch = x.shape[0]
     total = torch.zeros_like(x)
-    for part in batch_slices(samples * batch, batch_size, progress, "smoothgrad"):
+    for part in batch_slices(samples * batch, copies_per_pass(x, batch_size), progress, "smoothgrad"):
         owner = torch.arange(part.start, part.stop, device=x.device) % batch
         draws = torch.randn((part.stop - part.start, *x.shape[1:]), generator=generator).to(x.device, x.dtype)
         noisy = x[owner] + draws * sigma[owner].view(-1, 1, 1, 1)
@@ -194,11 +202,13 @@ def _path_weights(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def integrated_gradients(model: nn.Module, x, target=None, baseline=0.0, steps: int = 50,
-                         method: str = "gausslegendre", batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+                         method: str = "gausslegendre", batch_size: int | None = None,
+                         progress: bool = True) -> torch.Tensor:
     """Integrated gradients (Sundararajan et al. 2017): (x - baseline) times the mean gradient
     along the straight path from ``baseline`` (a number or a tensor broadcastable to ``x``) to
     ``x``, by the quadrature ``method`` with ``steps`` points. The attributions sum to about
-    score(x) - score(baseline) ("completeness"). ``target=None`` uses the prediction on ``x``."""
+    score(x) - score(baseline) ("completeness"). ``target=None`` uses the prediction on ``x``.
+    ``batch_size`` points of the path share one pass (default: ``copies_per_pass``)."""
     x = as_batch(x)
     if method not in IG_METHODS:
         raise ValueError(f"method must be one of {IG_METHODS}, got {method!r}")
@@ -209,7 +219,7 @@ def integrated_gradients(model: nn.Module, x, target=None, baseline=0.0, steps: 
     alphas, weights = (torch.as_tensor(a, dtype=x.dtype, device=x.device) for a in _path_weights(steps, method))
     batch = x.shape[0]
     total = torch.zeros_like(x)
-    for part in batch_slices(steps * batch, batch_size, progress, "integrated gradients"):
+    for part in batch_slices(steps * batch, copies_per_pass(x, batch_size), progress, "integrated gradients"):
         index = torch.arange(part.start, part.stop, device=x.device)
         step, owner = index // batch, index % batch
         alpha = alphas[step].view(-1, 1, 1, 1)
@@ -239,7 +249,7 @@ def _window_cover(size: int, window: int, stride: int, device) -> torch.Tensor:
     return (pixels >= starts) & (pixels < starts + window)
 
 
-def occlusion(model: nn.Module, x, target=None, window=8, stride=4, baseline=0.0, batch_size: int = 64,
+def occlusion(model: nn.Module, x, target=None, window=8, stride=4, baseline=0.0, batch_size: int | None = None,
               progress: bool = True) -> torch.Tensor:
     """Occlusion (Zeiler & Fergus 2014) as defined by Captum's ``Occlusion``: slide a
     ``window`` (all channels) over the image every ``stride`` pixels, replace it with
@@ -247,7 +257,8 @@ def occlusion(model: nn.Module, x, target=None, window=8, stride=4, baseline=0.0
     over the windows that cover it, of score(original) - score(occluded). Positive: hiding
     the pixel lowers the score, so the model relied on it. Returns [B,H,W].
 
-    ``batch_size`` occluded copies (of any of the images) share one forward pass."""
+    ``batch_size`` occluded copies (of any of the images) share one forward pass (default:
+    ``copies_per_pass``)."""
     x = as_batch(x)
     height, width = x.shape[-2:]
     (win_h, win_w), (step_h, step_w) = _pair(window, "window"), _pair(stride, "stride")
@@ -272,7 +283,8 @@ def occlusion(model: nn.Module, x, target=None, window=8, stride=4, baseline=0.0
         logits = logits_of(model, x)
     classes = resolve_target(target, logits)
     original = selected_scores(logits, classes)
-    logits = logits_of_copies(model, occluded, batch * positions, batch_size, progress, "occlusion")
+    logits = logits_of_copies(model, occluded, batch * positions, copies_per_pass(x, batch_size), progress,
+                              "occlusion")
     owners = torch.arange(batch, device=x.device).repeat_interleave(positions)
     drops = (original[owners] - selected_scores(logits, classes[owners])).view(batch, rows.shape[0], cols.shape[0])
     rows_f, cols_f = rows.to(x.dtype), cols.to(x.dtype)
