@@ -66,22 +66,21 @@ def logits_of_copies(model: nn.Module, make_inputs, total: int, batch_size: int,
     return torch.cat(chunks)
 
 
-class _ModifiedReluBackward(torch.autograd.Function):
-    """Forward: the ReLU's output as it is. Backward: the gradient w.r.t. the ReLU's *input*
-    by the chosen rule, replacing the ReLU's own backward."""
+class _PositiveGradientToInput(torch.autograd.Function):
+    """Deconvnet's ReLU backward. Forward: the ReLU's output as it is. Backward: the positive
+    part of the gradient, sent straight to the ReLU's *input*, past the ReLU's own mask."""
 
     @staticmethod
-    def forward(ctx, pre_activation, output, guided):
-        ctx.save_for_backward(output > 0 if guided else None)
-        return output.clone()  # a fresh tensor: later inplace ops cannot touch the saved mask
+    def forward(ctx, pre_activation, output):
+        return output.clone()  # a fresh tensor, tied to pre_activation in the graph
 
     @staticmethod
     def backward(ctx, grad):
-        (active,) = ctx.saved_tensors
-        grad_in = grad.clamp(min=0)
-        if active is not None:
-            grad_in = grad_in * active
-        return grad_in, None, None
+        return grad.clamp(min=0), None
+
+
+def _keep_positive(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0)
 
 
 @contextmanager
@@ -89,11 +88,16 @@ def relu_rule(model: nn.Module, rule: str):
     """Inside the block every ``nn.ReLU`` of ``model`` backpropagates by ``rule``
     ("guided" or "deconvnet"); the forward pass is unchanged.
 
-    A forward pre-hook hands the ReLU a clone of its input, so an inplace ReLU cannot overwrite
-    the pre-activation whose autograd history we keep; the forward hook then returns the output
-    through ``_ModifiedReluBackward``, linked to that pre-activation. A module used several times
-    in one forward pass (torchvision's BasicBlock reuses ``self.relu``) gets one entry per call.
-    Functional ``F.relu`` calls inside ``forward`` cannot be hooked and keep the plain gradient.
+    - guided: a hook on each ReLU's output keeps the positive part of the gradient arriving
+      there; the ReLU's own backward then applies the forward mask ``[h_in > 0]``. This costs
+      one clamp per ReLU and works on inplace ReLUs as they are.
+    - deconvnet must skip the ReLU's mask: a forward pre-hook hands the ReLU a clone of its
+      input (so an inplace ReLU cannot overwrite the pre-activation), and the forward hook
+      returns the output through ``_PositiveGradientToInput``, tied to that pre-activation.
+
+    A module used several times in one forward pass (torchvision's BasicBlock reuses
+    ``self.relu``) is handled per call. Functional ``F.relu`` calls inside ``forward`` cannot be
+    hooked and keep the plain gradient.
     """
     if rule not in ("guided", "deconvnet"):
         raise ValueError(f"rule must be 'guided' or 'deconvnet', got {rule!r}")
@@ -103,19 +107,25 @@ def relu_rule(model: nn.Module, rule: str):
                          "(functional F.relu calls cannot be hooked)")
     pending: dict[nn.Module, list] = {}
 
+    def clamp_gradient_at_output(module, inputs, output):
+        if output.requires_grad:
+            output.register_hook(_keep_positive)
+
     def keep_input(module, inputs):
         pending.setdefault(module, []).append(inputs[0])
         return (inputs[0].clone(),)
 
-    def replace_backward(module, inputs, output):
-        pre_activation = pending[module].pop()
-        return _ModifiedReluBackward.apply(pre_activation, output.detach(), rule == "guided")
+    def bypass_mask(module, inputs, output):
+        return _PositiveGradientToInput.apply(pending[module].pop(), output.detach())
 
     handles = []
     try:
         for relu in relus:
-            handles.append(relu.register_forward_pre_hook(keep_input))
-            handles.append(relu.register_forward_hook(replace_backward))
+            if rule == "guided":
+                handles.append(relu.register_forward_hook(clamp_gradient_at_output))
+            else:
+                handles.append(relu.register_forward_pre_hook(keep_input))
+                handles.append(relu.register_forward_hook(bypass_mask))
         yield model
     finally:
         for handle in handles:
@@ -126,9 +136,9 @@ def _input_gradient(model: nn.Module, x, target, rule: str | None = None) -> tor
     """d score(target) / d x for a batch, with the plain ReLU backward or a modified ``rule``."""
     x = as_batch(x)
     with frozen(model):
-        inputs = x.detach().clone().requires_grad_(True)
+        inputs = x.detach().requires_grad_(True)  # a new tensor object: the caller's x is not marked
         # the model sees a copy: a first layer that works inplace (an nn.ReLU(inplace=True))
-        # may not overwrite the leaf tensor whose gradient we want
+        # may overwrite neither the caller's x nor the leaf whose gradient we want
         if rule is None:
             logits = logits_of(model, inputs.clone())
         else:
@@ -217,13 +227,12 @@ def integrated_gradients(model: nn.Module, x, target=None, baseline=0.0, steps: 
     classes = predicted_or_given(model, x, target)
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
     alphas, weights = (torch.as_tensor(a, dtype=x.dtype, device=x.device) for a in _path_weights(steps, method))
-    batch = x.shape[0]
+    batch, difference = x.shape[0], x - base
     total = torch.zeros_like(x)
     for part in batch_slices(steps * batch, copies_per_pass(x, batch_size), progress, "integrated gradients"):
         index = torch.arange(part.start, part.stop, device=x.device)
         step, owner = index // batch, index % batch
-        alpha = alphas[step].view(-1, 1, 1, 1)
-        points = base[owner] + alpha * (x[owner] - base[owner])
+        points = torch.addcmul(base[owner], alphas[step].view(-1, 1, 1, 1), difference[owner])
         grads = _input_gradient(model, points, classes[owner])
         total.index_add_(0, owner, grads * weights[step].view(-1, 1, 1, 1))
     return (x - base) * total
