@@ -109,7 +109,7 @@ def capture(model: nn.Module, layers, grads: bool = False):
         for handle in handles:
             handle.remove()
         for module, training in modes.items():
-            module.train(training)
+            module.training = training  # this module only: .train() would recurse into children
 
 
 @contextmanager
@@ -141,7 +141,7 @@ def frozen(model: nn.Module):
             for buffer, saved in buffers:
                 buffer.copy_(saved)
         for module, training in modes.items():
-            module.train(training)
+            module.training = training  # this module only: .train() would recurse into children
 
 
 def count_hooks(model: nn.Module) -> int:
