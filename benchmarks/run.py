@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import os
 import platform
 import statistics
@@ -37,7 +38,10 @@ def resident_bytes() -> int:
 
 
 def peak_rise_mib(fn) -> float:
-    """Run ``fn`` once while a thread samples resident memory; the largest rise in MiB."""
+    """Run ``fn`` once while a thread samples resident memory; the largest rise in MiB. Memory
+    that earlier calls freed is first handed back to the system (glibc's ``malloc_trim``), or
+    ``fn`` would reuse it unseen."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     base, peak, running = resident_bytes(), [0], [True]
 
     def sample():
@@ -55,17 +59,34 @@ def peak_rise_mib(fn) -> float:
     return max(0, max(peak[0], resident_bytes()) - base) / 2**20
 
 
-def race(contenders: dict, repeats: int) -> dict:
-    """Median seconds per contender: one warm-up each, then ``repeats`` rounds, alternating."""
-    for fn in contenders.values():
-        fn()
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
+def race(contenders: dict, repeats: int) -> tuple[dict, float]:
+    """Median seconds per contender (one warm-up each, then ``repeats`` rounds, alternating) and
+    vislib's peak memory rise, sampled during its warm-up call."""
+    memory = 0.0
+    for name, fn in contenders.items():
+        if name == "vislib":
+            memory = peak_rise_mib(fn)
+        else:
             fn()
+    names = list(contenders)
+    times = {name: [] for name in names}
+    for round_ in range(repeats):  # each round starts with the next contender: no one always runs first
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            start = time.perf_counter()
+            contenders[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in times.items()}, memory
+
+
+def fastest(candidates: dict):
+    """The key of the candidate that ran fastest in one timed call each (a peer's best setting,
+    or the batching at which the floor's passes cost least)."""
+    seconds = {}
+    for key, fn in candidates.items():
+        start = time.perf_counter()
+        fn()
+        seconds[key] = time.perf_counter() - start
+    return min(seconds, key=seconds.get)
 
 
 def non_inplace(model: nn.Module) -> nn.Module:
@@ -77,18 +98,57 @@ def non_inplace(model: nn.Module) -> nn.Module:
     return twin
 
 
-def forward_backward_floor(model: nn.Module, x: torch.Tensor, target: torch.Tensor):
-    """One forward and one backward pass to the input: what any gradient method must pay."""
+def backward_to_input_floor(model: nn.Module, x: torch.Tensor, target: torch.Tensor, batch_sizes=(None,)):
+    """Forward and backward passes to the input, the cost of any input-gradient method: in one
+    batch, or over ``x`` in chunks at the fastest of ``batch_sizes``."""
     model = copy.deepcopy(model).requires_grad_(False)
 
+    def passes(batch_size):
+        def run():
+            for part in range(0, len(x), batch_size or len(x)):
+                chunk = slice(part, part + (batch_size or len(x)))
+                inputs = x[chunk].detach().requires_grad_(True)
+                torch.autograd.grad(model(inputs).gather(1, target[chunk, None]).sum(), inputs)
+        return run
+
+    return passes(fastest({b: passes(b) for b in batch_sizes}) if len(batch_sizes) > 1 else batch_sizes[0])
+
+
+def backward_to_layer_floor(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str):
+    """One forward pass and the backward pass from the class scores down to ``layer``: what
+    Grad-CAM needs (the layer's activations and their gradient), and nothing below it."""
+    model = copy.deepcopy(model).requires_grad_(False)
+    seen = []
+
+    def start_graph_here(module, inputs, output):
+        seen.append(output.detach().requires_grad_(True))
+        return seen[-1].clone()
+
+    model.get_submodule(layer).register_forward_hook(start_graph_here)
+
     def run():
-        xg = x.detach().requires_grad_(True)
-        model(xg).gather(1, target[:, None]).sum().backward()
+        seen.clear()
+        torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), seen[-1])
 
     return run
 
 
+def forwards_floor(model: nn.Module, x: torch.Tensor, passes: int, batch_sizes):
+    """``passes`` forward passes of images like ``x`` without gradients, at the fastest batching."""
+    copies = x[:1].expand(max(batch_sizes), *x.shape[1:]).contiguous()
+
+    def forwards(batch_size):
+        @torch.no_grad()
+        def run():
+            for start in range(0, passes, batch_size):
+                model(copies[: min(batch_size, passes - start)])
+        return run
+
+    return forwards(fastest({b: forwards(b) for b in batch_sizes}))
+
+
 # --------------------------------------------------------------------------- cases
+# Each case returns its contenders {name: zero-argument call}; "vislib" and "floor" are always there.
 
 
 def grad_cam_case(model, x, target, layer):
@@ -111,14 +171,13 @@ def grad_cam_case(model, x, target, layer):
         maps = cap.attribute(x, target=target, relu_attributions=True)
         LayerAttribution.interpolate(maps, x.shape[-2:], interpolate_mode="bilinear")
 
-    contenders = {
+    return {
         "vislib": lambda: cam.grad_cam(model, x, target, layer=layer),
         "pytorch-grad-cam": lambda: pgc(x, pgc_targets),
         "torchcam": torchcam_run,
         "Captum": captum_run,
-        "floor": forward_backward_floor(model, x, target),
+        "floor": backward_to_layer_floor(model, x, target, layer),
     }
-    return contenders, lambda: tc.remove_hooks() or pgc.activations_and_grads.release()
 
 
 def gradient_case(model, x, target, method):
@@ -131,61 +190,60 @@ def gradient_case(model, x, target, method):
     return {
         "vislib": lambda: ours(model, x, target),
         "Captum": lambda: reference.attribute(x, target=target, **kwargs),
-        "floor": forward_backward_floor(model, x, target),
-    }, None
+        "floor": backward_to_input_floor(model, x, target),
+    }
 
 
 def integrated_gradients_case(model, x, target, steps=50):
+    """vislib at its default batching; Captum at its best ``internal_batch_size``; the floor is
+    one forward and backward pass per point of the path, at its best batching."""
     from captum.attr import IntegratedGradients
 
     reference = IntegratedGradients(non_inplace(model))
+    batch_sizes = (16, 32, 64, steps * len(x))
+
+    def captum(batch_size):
+        return lambda: reference.attribute(x, target=target, n_steps=steps, internal_batch_size=batch_size)
+
+    best = fastest({b: captum(b) for b in batch_sizes})
     path = x.repeat_interleave(steps, 0)
-    floor = forward_backward_floor(model, path, target.repeat_interleave(steps))
     return {
-        "vislib": lambda: saliency.integrated_gradients(model, x, target, steps=steps, batch_size=len(path),
-                                                        progress=False),
-        "Captum": lambda: reference.attribute(x, target=target, n_steps=steps, internal_batch_size=len(path)),
-        "floor": floor,
-    }, None
+        "vislib": lambda: saliency.integrated_gradients(model, x, target, steps=steps, progress=False),
+        f"Captum (internal_batch_size={best})": captum(best),
+        "floor": backward_to_input_floor(model, path, target.repeat_interleave(steps), batch_sizes),
+    }
 
 
-def occlusion_case(model, x, target, window=16, stride=8, batch_size=64):
+def occlusion_case(model, x, target, window=16, stride=8):
+    """vislib at its default batching; Captum at its best ``perturbations_per_eval``; the floor is
+    one forward pass per window position plus the original image, at its best batching."""
     from captum.attr import Occlusion
 
     reference = Occlusion(model)
     positions = ((x.shape[-2] - window) // stride + 1) * ((x.shape[-1] - window) // stride + 1)
-    copies = x.repeat(batch_size, 1, 1, 1)
-
-    @torch.no_grad()
-    def floor():  # the forward passes occlusion cannot avoid: one per window position, plus the original
-        for start in range(0, positions * len(x) + len(x), batch_size):
-            model(copies[: min(batch_size, positions * len(x) + len(x) - start)])
 
     def captum(per_eval):
         return lambda: reference.attribute(x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
                                            target=target, baselines=0.0, perturbations_per_eval=per_eval)
 
-    # Captum at its best perturbations_per_eval: one timed call of each candidate picks it.
-    candidates = {n: captum(n) for n in (16, 64, 256)}
-    best = min(candidates, key=lambda n: race({n: candidates[n]}, repeats=1)[n])
+    best = fastest({n: captum(n) for n in (2, 4, 16, 64)})
     return {
-        "vislib": lambda: saliency.occlusion(model, x, target, window=window, stride=stride, batch_size=batch_size,
-                                             progress=False),
-        f"Captum (perturbations_per_eval={best})": candidates[best],
-        "floor": floor,
-    }, None
+        "vislib": lambda: saliency.occlusion(model, x, target, window=window, stride=stride, progress=False),
+        f"Captum (perturbations_per_eval={best})": captum(best),
+        "floor": forwards_floor(model, x, (positions + 1) * len(x), batch_sizes=(2, 3, 4, 8)),
+    }
 
 
-def top_patches_case(model, images, layer):
+def top_patches_case(model, images, layer, floor_batch):
     @torch.no_grad()
-    def floor():  # the bare forward pass over the same data, with the same batches
-        for batch in images.split(256):
+    def floor():  # a bare forward pass over the same data
+        for batch in images.split(floor_batch):
             model(batch)
 
     return {
         "vislib": lambda: activations.top_patches(model, images, layer, k=9, progress=False),
         "floor": floor,
-    }, None
+    }
 
 
 # --------------------------------------------------------------------------- the run
@@ -195,6 +253,7 @@ def notebook_times() -> dict:
     """Each notebook executed top to bottom in a fresh kernel, as a learner would run it."""
     times = {}
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        print(f"notebook {path.stem} ...", flush=True)
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
                         "--stdout", str(path)], check=True, capture_output=True)
@@ -204,7 +263,7 @@ def notebook_times() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--no-notebooks", action="store_true", help="skip timing the notebooks")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -215,38 +274,38 @@ def main() -> None:
     photos = torch.randn(8, 3, 224, 224)
     photo_targets = torch.arange(8) * 111 % 1000
     small = make_shapes(256, seed=1)
-    cases = [
-        ("Grad-CAM", "ResNet-18 (random)", photos, photo_targets,
-         lambda: grad_cam_case(resnet, photos, photo_targets, "layer4")),
-        ("Grad-CAM", "ShapesNet", small.images, small.labels,
-         lambda: grad_cam_case(shapes, small.images, small.labels, "features.relu4")),
-        ("gradient", "ResNet-18 (random)", photos, photo_targets,
-         lambda: gradient_case(resnet, photos, photo_targets, "gradient")),
-        ("guided backprop", "ResNet-18 (random)", photos, photo_targets,
-         lambda: gradient_case(resnet, photos, photo_targets, "guided backprop")),
-        ("integrated gradients, 50 steps", "ShapesNet", small.images[:16], small.labels[:16],
-         lambda: integrated_gradients_case(shapes, small.images[:16], small.labels[:16])),
-    ]
     big = make_shapes(1, seed=2, size=224)
-    cases.append(("occlusion, window 16, stride 8", "ShapesNet", big.images, big.labels,
-                  lambda: occlusion_case(shapes, big.images, big.labels)))
+    cases = [
+        ("Grad-CAM", "ResNet-18 (random)", photos, args.repeats,
+         lambda: grad_cam_case(resnet, photos, photo_targets, "layer4")),
+        ("Grad-CAM", "ShapesNet", small.images, args.repeats,
+         lambda: grad_cam_case(shapes, small.images, small.labels, "features.relu4")),
+        ("gradient", "ResNet-18 (random)", photos, args.repeats,
+         lambda: gradient_case(resnet, photos, photo_targets, "gradient")),
+        ("guided backprop", "ResNet-18 (random)", photos, args.repeats,
+         lambda: gradient_case(resnet, photos, photo_targets, "guided backprop")),
+        ("integrated gradients, 50 steps", "ShapesNet", small.images[:16], args.repeats,
+         lambda: integrated_gradients_case(shapes, small.images[:16], small.labels[:16])),
+        ("occlusion, window 16, stride 8", "ShapesNet", big.images, max(2, args.repeats // 3),
+         lambda: occlusion_case(shapes, big.images, big.labels)),
+    ]
 
     rows = []
-    for name, model_name, x, _, build in cases:
-        print(f"{name} on {model_name} ...", flush=True)
-        contenders, cleanup = build()
-        times = race(contenders, args.repeats)
-        memory = peak_rise_mib(contenders["vislib"])
-        if cleanup:
-            cleanup()
+    for name, model_name, x, repeats, build in cases:
+        print(f"{name} on {model_name} ({time.perf_counter() - started:.0f} s) ...", flush=True)
+        contenders = build()
+        times, memory = race(contenders, repeats)
         rows.append(row(name, model_name, x, times, memory))
 
+    floor_batch = None
     for n in (1000, 10_000):
         data = make_shapes(n, seed=3)
-        print(f"top_patches over {n:,} shapes ...", flush=True)
-        contenders, _ = top_patches_case(shapes, data.images, "features.relu3")
-        times = race(contenders, args.repeats if n == 10_000 else 1)
-        memory = peak_rise_mib(contenders["vislib"])
+        print(f"top_patches over {n:,} shapes ({time.perf_counter() - started:.0f} s) ...", flush=True)
+        if floor_batch is None:  # the batching at which a bare forward pass runs fastest, found on 1,000 images
+            floor_batch = fastest({b: top_patches_case(shapes, data.images, "features.relu3", b)["floor"]
+                                   for b in (16, 32, 64, 256)})
+        times, memory = race(top_patches_case(shapes, data.images, "features.relu3", floor_batch),
+                             repeats=3 if n == 10_000 else args.repeats)
         rows.append(row(f"top_patches, {n:,} images", "ShapesNet", data.images[:1], times, memory, batch=n))
 
     notebooks = {} if args.no_notebooks else notebook_times()
@@ -255,12 +314,12 @@ def main() -> None:
 
 def row(case, model_name, x, times, memory, batch=None):
     peers = {k: v for k, v in times.items() if k not in ("vislib", "floor")}
-    fastest = min(peers.values()) if peers else None
+    fastest_peer = min(peers.values()) if peers else None
     return {
         "case": case, "model": model_name, "input": f"{x.shape[-1]} px", "batch": batch or len(x),
         "vislib": times["vislib"], "peers": peers, "floor": times["floor"],
-        "vs_peer": times["vislib"] / fastest if fastest else None, "vs_floor": times["vislib"] / times["floor"],
-        "memory": memory,
+        "vs_peer": times["vislib"] / fastest_peer if fastest_peer else None,
+        "vs_floor": times["vislib"] / times["floor"], "memory": memory,
     }
 
 
@@ -272,11 +331,16 @@ def write(rows, notebooks, seconds) -> None:
         "# Benchmarks",
         "",
         f"`make bench` on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, {time.strftime('%Y-%m-%d')}. Median of several repeats after a warm-up; "
-        "contenders alternate within one run. Ratios below 1 mean vislib is faster. The floor is the "
-        "forward and backward passes the method cannot avoid (forward + backward to the input for gradient "
-        "methods and Grad-CAM; one forward per window position for occlusion; a bare forward pass for "
-        "top_patches). Peak memory: the largest rise of resident memory during one vislib call.",
+        f"{torch.__version__}, {time.strftime('%Y-%m-%d')}. Each time is the median of several repeats after a "
+        "warm-up; contenders alternate within one run. Ratios below 1 mean vislib is faster. vislib runs with "
+        "its defaults; a peer with a batching option runs at its fastest setting, found in the same run.",
+        "",
+        "The floor is the work a method cannot avoid, measured on the same model and input: for Grad-CAM, "
+        "one forward pass and the backward pass from the class scores down to the layer; for the gradient "
+        "methods, one forward and one backward pass to the input per image (per point of the path for "
+        "integrated gradients, at the fastest batching); for occlusion, one forward pass per window "
+        "position plus the original, at the fastest batching; for top_patches, a bare forward pass over the "
+        "data. Peak memory is the largest rise of resident memory during one vislib call.",
         "",
         "| case | model | input | batch | vislib | peers | vislib / fastest peer | floor | vislib / floor "
         "| peak memory |",

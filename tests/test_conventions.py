@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vislib.conventions import as_batch, logits_of, model_device, resolve_target, selected_scores
+from vislib.conventions import as_batch, copies_per_pass, logits_of, model_device, resolve_target, selected_scores
 
 from .helpers import tiny_cnn
 
@@ -39,3 +39,12 @@ def test_logits_of_and_model_device():
         logits_of(model.conv1, torch.zeros(2, 3, 8, 8))
     assert model_device(model) == torch.device("cpu")
     assert model_device(torch.nn.ReLU()) == torch.device("cpu")
+
+
+def test_copies_per_pass_keeps_large_images_in_small_batches_on_the_cpu():
+    assert copies_per_pass(torch.zeros(1, 3, 64, 64)) == 32
+    assert copies_per_pass(torch.zeros(1, 3, 224, 224)) == 3
+    assert copies_per_pass(torch.zeros(1, 3, 16, 16)) == 64
+    assert copies_per_pass(torch.zeros(1, 3, 1024, 1024)) == 1
+    assert copies_per_pass(torch.zeros(1, 3, 1024, 1024, device="meta")) == 64
+    assert copies_per_pass(torch.zeros(1, 3, 224, 224), batch_size=32) == 32

@@ -375,10 +375,3 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="class scores"):
         saliency.gradient(nn.Conv2d(3, 2, 3), x)
 
-
-def test_copies_per_pass_keeps_large_images_in_small_batches_on_the_cpu():
-    assert saliency.copies_per_pass(torch.zeros(1, 3, 64, 64)) == 64
-    assert saliency.copies_per_pass(torch.zeros(1, 3, 224, 224)) == 5
-    assert saliency.copies_per_pass(torch.zeros(1, 3, 1024, 1024)) == 1
-    assert saliency.copies_per_pass(torch.zeros(1, 3, 1024, 1024, device="meta")) == 64
-    assert saliency.copies_per_pass(torch.zeros(1, 3, 224, 224), batch_size=32) == 32

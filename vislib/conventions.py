@@ -78,17 +78,20 @@ def predicted_or_given(model: nn.Module, x: torch.Tensor, target) -> torch.Tenso
         return resolve_target(target, logits_of(model, x))
 
 
-PIXELS_PER_PASS = 2**18
+PIXELS_PER_PASS = 2**17
 
 
 def copies_per_pass(x: torch.Tensor, batch_size: int | None = None) -> int:
     """How many images like ``x`` (one image or a batch) share one pass through the model:
-    ``batch_size`` when given; by default 64, or fewer on a CPU for large images, about
-    ``PIXELS_PER_PASS`` pixels per pass. A CPU slows down once a batch's feature maps outgrow
-    its caches: ShapesNet at 224 px takes 6.8 ms per image in batches of 4 and 13 ms in batches
-    of 64; at 64 px, batches of 32-64 run twice as fast as batches of 256 (see benchmarks/)."""
+    ``batch_size`` when given; by default 64, or fewer on a CPU, about ``PIXELS_PER_PASS``
+    pixels per pass (32 images of 64 px, 3 of 224 px), which also bounds peak memory.
+
+    Why not more: the C allocator (glibc) hands a freed block of more than a few MB back to the
+    system, and the next pass faults it in again page by page. Measured on ShapesNet's forward
+    and backward pass at 224 px: 13.4 ms per image in batches of 4 (707 page faults per image),
+    20.3 ms in batches of 16 (4,163 page faults); with glibc told to keep its memory, 13.9 ms."""
     if batch_size is not None:
         return batch_size
     if x.device.type != "cpu":
         return 64
-    return max(1, min(64, PIXELS_PER_PASS // (x.shape[-2] * x.shape[-1])))
+    return max(1, min(64, -(-PIXELS_PER_PASS // (x.shape[-2] * x.shape[-1]))))
