@@ -1,8 +1,9 @@
 """`make bench`: vislib side by side with Captum, pytorch-grad-cam and torchcam, and against the
 cost floor (the forward and backward passes a method cannot avoid), in one run.
 
-Machines are noisy, so every case alternates its contenders within one run and reports the
-median of several repeats after a warm-up, as ratios: vislib / fastest peer and vislib / floor.
+Machines are noisy, so every case runs in a fresh process, alternates its contenders within one
+run and reports the median of several rounds after a warm-up, as ratios: vislib / fastest peer and
+vislib / floor.
 Peak memory is the largest rise of the process's resident memory during one call (sampled).
 Writes the table to benchmarks/RESULTS.md.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
+import json
 import os
 import platform
 import statistics
@@ -59,23 +61,26 @@ def peak_rise_mib(fn) -> float:
     return max(0, max(peak[0], resident_bytes()) - base) / 2**20
 
 
-def race(contenders: dict, repeats: int) -> tuple[dict, float]:
-    """Median seconds per contender (one warm-up each, then ``repeats`` rounds, alternating) and
-    vislib's peak memory rise, sampled during its warm-up call."""
-    memory = 0.0
+def race(contenders: dict, budget_s: float, min_rounds: int = 3, max_rounds: int = 25) -> tuple[dict, float]:
+    """Seconds per round for each contender, and vislib's peak memory rise: one warm-up call
+    each (vislib's memory is sampled during its own), then as many rounds as fit in
+    ``budget_s`` (within ``min_rounds`` and ``max_rounds``), every contender once per round."""
+    memory, started = 0.0, time.perf_counter()
     for name, fn in contenders.items():
         if name == "vislib":
             memory = peak_rise_mib(fn)
         else:
             fn()
+    per_round = time.perf_counter() - started
+    rounds = int(max(min_rounds, min(max_rounds, budget_s // per_round)))
     names = list(contenders)
     times = {name: [] for name in names}
-    for round_ in range(repeats):  # each round starts with the next contender: no one always runs first
+    for round_ in range(rounds):  # each round starts with the next contender: no one always runs first
         for name in names[round_ % len(names):] + names[: round_ % len(names)]:
             start = time.perf_counter()
             contenders[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, memory
+    return times, memory
 
 
 def fastest(candidates: dict):
@@ -261,65 +266,90 @@ def notebook_times() -> dict:
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--no-notebooks", action="store_true", help="skip timing the notebooks")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    started = time.perf_counter()
+def top_patches_runs(n: int):
+    """top_patches over ``n`` shapes and a bare forward pass over them at its fastest batching."""
+    model, images = shapes_net(), make_shapes(n, seed=3).images
+    floor_batch = fastest({b: top_patches_case(model, images[:1000], "features.relu3", b)["floor"]
+                           for b in (16, 32, 64, 256)})
+    return top_patches_case(model, images, "features.relu3", floor_batch)
 
-    shapes = shapes_net()
-    resnet = torchvision_model("resnet18", pretrained=False)
-    photos = torch.randn(8, 3, 224, 224)
-    photo_targets = torch.arange(8) * 111 % 1000
-    small = make_shapes(256, seed=1)
-    big = make_shapes(1, seed=2, size=224)
-    cases = [
-        ("Grad-CAM", "ResNet-18 (random)", photos, args.repeats,
-         lambda: grad_cam_case(resnet, photos, photo_targets, "layer4")),
-        ("Grad-CAM", "ShapesNet", small.images, args.repeats,
-         lambda: grad_cam_case(shapes, small.images, small.labels, "features.relu4")),
-        ("gradient", "ResNet-18 (random)", photos, args.repeats,
-         lambda: gradient_case(resnet, photos, photo_targets, "gradient")),
-        ("guided backprop", "ResNet-18 (random)", photos, args.repeats,
-         lambda: gradient_case(resnet, photos, photo_targets, "guided backprop")),
-        ("integrated gradients, 50 steps", "ShapesNet", small.images[:16], args.repeats,
-         lambda: integrated_gradients_case(shapes, small.images[:16], small.labels[:16])),
-        ("occlusion, window 16, stride 8", "ShapesNet", big.images, max(2, args.repeats // 3),
-         lambda: occlusion_case(shapes, big.images, big.labels)),
+
+def cases() -> list:
+    """(case, model, input size, batch, build): ``build()`` makes the models and data and returns
+    the contenders; it runs in the case's own process."""
+    def photos():
+        torch.manual_seed(0)
+        model = torchvision_model("resnet18", pretrained=False)
+        return model, torch.randn(8, 3, 224, 224), torch.arange(8) * 111 % 1000
+
+    def shapes(n, size=64):
+        data = make_shapes(n, seed=1 if size == 64 else 2, size=size)
+        return shapes_net(), data.images, data.labels
+
+    def control():
+        model, x, target = photos()
+        return {"vislib": lambda: saliency.gradient(model, x, target),
+                "the same call": lambda: saliency.gradient(model, x, target),
+                "floor": backward_to_input_floor(model, x, target)}
+
+    return [
+        ("Grad-CAM", "ResNet-18 (random)", 224, 8, lambda: grad_cam_case(*photos(), "layer4")),
+        ("Grad-CAM", "ShapesNet", 64, 256, lambda: grad_cam_case(*shapes(256), "features.relu4")),
+        ("gradient", "ResNet-18 (random)", 224, 8, lambda: gradient_case(*photos(), "gradient")),
+        ("control: vislib's gradient against itself", "ResNet-18 (random)", 224, 8, control),
+        ("guided backprop", "ResNet-18 (random)", 224, 8, lambda: gradient_case(*photos(), "guided backprop")),
+        ("integrated gradients, 50 steps", "ShapesNet", 64, 16, lambda: integrated_gradients_case(*shapes(16))),
+        ("occlusion, window 16, stride 8", "ShapesNet", 224, 1, lambda: occlusion_case(*shapes(1, size=224))),
+        ("top_patches, 1,000 images", "ShapesNet", 64, 1000, lambda: top_patches_runs(1000)),
+        ("top_patches, 10,000 images", "ShapesNet", 64, 10_000, lambda: top_patches_runs(10_000)),
     ]
 
-    rows = []
-    for name, model_name, x, repeats, build in cases:
-        print(f"{name} on {model_name} ({time.perf_counter() - started:.0f} s) ...", flush=True)
-        contenders = build()
-        times, memory = race(contenders, repeats)
-        rows.append(row(name, model_name, x, times, memory))
 
-    floor_batch = None
-    for n in (1000, 10_000):
-        data = make_shapes(n, seed=3)
-        print(f"top_patches over {n:,} shapes ({time.perf_counter() - started:.0f} s) ...", flush=True)
-        if floor_batch is None:  # the batching at which a bare forward pass runs fastest, found on 1,000 images
-            floor_batch = fastest({b: top_patches_case(shapes, data.images, "features.relu3", b)["floor"]
-                                   for b in (16, 32, 64, 256)})
-        times, memory = race(top_patches_case(shapes, data.images, "features.relu3", floor_batch),
-                             repeats=3 if n == 10_000 else args.repeats)
-        rows.append(row(f"top_patches, {n:,} images", "ShapesNet", data.images[:1], times, memory, batch=n))
+def run_case(index: int, budget_s: float) -> None:
+    """Run one case in this process and print its result as JSON (the parent collects it)."""
+    contenders = cases()[index][4]()
+    times, memory = race(contenders, budget_s)
+    print(json.dumps({"times": times, "memory": memory}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=20, help="seconds of timed rounds per case")
+    parser.add_argument("--no-notebooks", action="store_true", help="skip timing the notebooks")
+    parser.add_argument("--case", type=int, help=argparse.SUPPRESS)  # internal: run one case in this process
+    args = parser.parse_args()
+    if args.case is not None:
+        return run_case(args.case, args.budget)
+
+    started, rows = time.perf_counter(), []
+    for index, (name, model_name, size, batch, _) in enumerate(cases()):
+        print(f"{name} on {model_name} ({time.perf_counter() - started:.0f} s) ...", flush=True)
+        # a fresh process per case, so no case inherits another's memory state
+        done = subprocess.run([sys.executable, __file__, "--case", str(index), "--budget", str(args.budget)],
+                              check=True, capture_output=True, text=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(row(name, model_name, size, batch, result))
 
     notebooks = {} if args.no_notebooks else notebook_times()
     write(rows, notebooks, time.perf_counter() - started)
 
 
-def row(case, model_name, x, times, memory, batch=None):
-    peers = {k: v for k, v in times.items() if k not in ("vislib", "floor")}
-    fastest_peer = min(peers.values()) if peers else None
+def row(case, model_name, size, batch, result):
+    """One line of the table. Times are medians over the rounds; a ratio is the median of the
+    per-round ratios, whose two times were taken seconds apart, so a slow spell of the machine
+    does not land on one contender only."""
+    rounds = result["times"]
+    medians = {name: statistics.median(times) for name, times in rounds.items()}
+    peers = {k: v for k, v in medians.items() if k not in ("vislib", "floor")}
+
+    def ratio(other):
+        return statistics.median(ours / theirs for ours, theirs in zip(rounds["vislib"], rounds[other]))
+
     return {
-        "case": case, "model": model_name, "input": f"{x.shape[-1]} px", "batch": batch or len(x),
-        "vislib": times["vislib"], "peers": peers, "floor": times["floor"],
-        "vs_peer": times["vislib"] / fastest_peer if fastest_peer else None,
-        "vs_floor": times["vislib"] / times["floor"], "memory": memory,
+        "case": case, "model": model_name, "input": f"{size} px", "batch": batch, "rounds": len(rounds["vislib"]),
+        "vislib": medians["vislib"], "peers": peers, "floor": medians["floor"],
+        "vs_peer": ratio(min(peers, key=peers.get)) if peers else None,
+        "vs_floor": ratio("floor"), "memory": result["memory"],
     }
 
 
@@ -331,26 +361,32 @@ def write(rows, notebooks, seconds) -> None:
         "# Benchmarks",
         "",
         f"`make bench` on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, {time.strftime('%Y-%m-%d')}. Each time is the median of several repeats after a "
-        "warm-up; contenders alternate within one run. Ratios below 1 mean vislib is faster. vislib runs with "
-        "its defaults; a peer with a batching option runs at its fastest setting, found in the same run.",
+        f"{torch.__version__}, {time.strftime('%Y-%m-%d')}. Each case runs in a fresh process; each time is "
+        "the median of several rounds after a warm-up, the contenders taking turns within each round and a "
+        "different one starting each round. A ratio is the median of the per-round ratios (vislib against the "
+        "peer with the lowest median, or against the floor). Ratios below 1 mean vislib is faster. vislib "
+        "runs with its defaults; a peer with a batching option runs at its fastest setting, found in the same process. "
+        "The control row times one vislib call against itself: its distance from 1.00 is the noise of "
+        "this machine.",
         "",
         "The floor is the work a method cannot avoid, measured on the same model and input: for Grad-CAM, "
         "one forward pass and the backward pass from the class scores down to the layer; for the gradient "
         "methods, one forward and one backward pass to the input per image (per point of the path for "
         "integrated gradients, at the fastest batching); for occlusion, one forward pass per window "
         "position plus the original, at the fastest batching; for top_patches, a bare forward pass over the "
-        "data. Peak memory is the largest rise of resident memory during one vislib call.",
+        "data at the fastest batching. Peak memory is the largest rise of resident memory during one vislib "
+        "call.",
         "",
-        "| case | model | input | batch | vislib | peers | vislib / fastest peer | floor | vislib / floor "
-        "| peak memory |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| case | model | input | batch | rounds | vislib | peers | vislib / fastest peer | floor "
+        "| vislib / floor | peak memory |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         peers = "; ".join(f"{k} {ms(v)}" for k, v in r["peers"].items()) or "none"
         vs_peer = f"{r['vs_peer']:.2f}" if r["vs_peer"] is not None else "n/a"
-        lines.append(f"| {r['case']} | {r['model']} | {r['input']} | {r['batch']:,} | {ms(r['vislib'])} | {peers} "
-                     f"| {vs_peer} | {ms(r['floor'])} | {r['vs_floor']:.2f} | {r['memory']:.0f} MiB |")
+        lines.append(f"| {r['case']} | {r['model']} | {r['input']} | {r['batch']:,} | {r['rounds']} "
+                     f"| {ms(r['vislib'])} | {peers} | {vs_peer} | {ms(r['floor'])} | {r['vs_floor']:.2f} "
+                     f"| {r['memory']:.0f} MiB |")
     if notebooks:
         lines += ["", "| notebook | run time (fresh kernel, top to bottom) |", "| --- | --- |"]
         lines += [f"| {name} | {t:.1f} s |" for name, t in notebooks.items()]

@@ -83,21 +83,23 @@ def capture(model: nn.Module, layers, grads: bool = False):
     def record(name):
         def hook(module, inputs, output):
             recording.calls[name] += 1
-            recording.activations[name] = output.detach().clone()
-            if not grads or not torch.is_grad_enabled() or not output.is_floating_point():
-                return None
             call = recording.calls[name]
 
             def save_grad(grad):
                 if call == recording.calls[name]:  # only the call whose activation is kept
                     recording.gradients[name] = grad.detach().clone()
 
-            if output.requires_grad:
+            if grads and torch.is_grad_enabled() and output.is_floating_point() and not output.requires_grad:
+                # Start the graph here. Later layers get a copy, so the output itself is never
+                # modified again and is recorded without copying it.
+                recording.activations[name] = output.detach()
+                start = output.detach().requires_grad_(True)
+                start.register_hook(save_grad)
+                return start.clone()  # not the leaf itself: a following inplace ReLU may modify it
+            recording.activations[name] = output.detach().clone()
+            if grads and output.requires_grad:
                 output.register_hook(save_grad)
-                return None
-            start = output.detach().requires_grad_(True)
-            start.register_hook(save_grad)
-            return start.clone()  # not the leaf itself: a following inplace ReLU may modify it
+            return None
         return hook
 
     modes = {m: m.training for m in model.modules()}
