@@ -188,7 +188,7 @@ def smoothgrad(model: nn.Module, x, target=None, samples: int = 25, noise: float
     for part in batch_slices(samples * batch, copies_per_pass(x, batch_size), progress, "smoothgrad"):
         owner = torch.arange(part.start, part.stop, device=x.device) % batch
         draws = torch.randn((part.stop - part.start, *x.shape[1:]), generator=generator).to(x.device, x.dtype)
-        noisy = x[owner] + draws * sigma[owner].view(-1, 1, 1, 1)
+        noisy = x.index_select(0, owner) + draws * sigma[owner].view(-1, 1, 1, 1)
         total.index_add_(0, owner, method(model, noisy, target=classes[owner]))
     return total / samples
 
@@ -232,7 +232,8 @@ def integrated_gradients(model: nn.Module, x, target=None, baseline=0.0, steps: 
     for part in batch_slices(steps * batch, copies_per_pass(x, batch_size), progress, "integrated gradients"):
         index = torch.arange(part.start, part.stop, device=x.device)
         step, owner = index // batch, index % batch
-        points = torch.addcmul(base[owner], alphas[step].view(-1, 1, 1, 1), difference[owner])
+        points = torch.addcmul(base.index_select(0, owner), alphas[step].view(-1, 1, 1, 1),
+                               difference.index_select(0, owner))
         grads = _input_gradient(model, points, classes[owner])
         total.index_add_(0, owner, grads * weights[step].view(-1, 1, 1, 1))
     return (x - base) * total
@@ -285,8 +286,8 @@ def occlusion(model: nn.Module, x, target=None, window=8, stride=4, baseline=0.0
         owner, position = index // positions, index % positions
         hidden = (rows[position // cols.shape[0], :, None] & cols[position % cols.shape[0], None, :])[:, None]
         if base.ndim == 0:  # a number: fill in place, the cheapest way to build the copies
-            return x[owner].masked_fill_(hidden, base)
-        return torch.where(hidden, base[owner], x[owner])
+            return x.index_select(0, owner).masked_fill_(hidden, base)
+        return torch.where(hidden, base.index_select(0, owner), x.index_select(0, owner))
 
     with torch.no_grad():
         logits = logits_of(model, x)
