@@ -295,7 +295,7 @@ def run_case(index: int, budget_s: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=18, help="seconds of timed rounds per case")
+    parser.add_argument("--budget", type=float, default=15, help="seconds of timed rounds per case")
     parser.add_argument("--no-notebooks", action="store_true", help="skip timing the notebooks")
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
