@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from vislib.conventions import as_batch, copies_per_pass, logits_of, model_device, resolve_target, selected_scores
+from vislib.conventions import (
+    as_batch,
+    copies_per_pass,
+    logits_of,
+    model_device,
+    model_input,
+    resolve_target,
+    selected_scores,
+)
 
 from .helpers import tiny_cnn
 
@@ -48,3 +56,12 @@ def test_copies_per_pass_keeps_large_images_in_small_batches_on_the_cpu():
     assert copies_per_pass(torch.zeros(1, 3, 1024, 1024)) == 1
     assert copies_per_pass(torch.zeros(1, 3, 1024, 1024, device="meta")) == 64
     assert copies_per_pass(torch.zeros(1, 3, 224, 224), batch_size=32) == 32
+
+
+def test_model_input_is_a_channels_last_copy_on_the_cpu():
+    x = torch.randn(2, 3, 5, 4)
+    copy = model_input(x)
+    assert torch.equal(copy, x) and copy.data_ptr() != x.data_ptr()
+    assert copy.is_contiguous(memory_format=torch.channels_last)
+    already = x.contiguous(memory_format=torch.channels_last)
+    assert model_input(already).data_ptr() != already.data_ptr()  # a copy even when the layout matches

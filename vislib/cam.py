@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vislib.conventions import as_batch, resolve_target, selected_scores
+from vislib.conventions import as_batch, model_input, resolve_target, selected_scores
 from vislib.hooks import capture, frozen, get_layer, layer_name
 from vislib.models import ShapesNet
 from vislib.saliency import guided_backprop
@@ -59,7 +59,7 @@ def _class_map(model: nn.Module, x, target, layer, channel_weights, upsample: bo
         # With frozen parameters and a plain input, capture starts the autograd graph at the
         # layer, so the backward pass runs from the score down to the layer and no further.
         with torch.set_grad_enabled(needs_gradients):
-            logits = model(x.detach())
+            logits = model(model_input(x.detach()))
         if name not in recording.activations:
             raise ValueError(f"layer {name!r} did not run in the model's forward pass")
         classes = resolve_target(target, logits)

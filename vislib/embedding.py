@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from vislib.conventions import copies_per_pass, model_device
+from vislib.conventions import copies_per_pass, model_device, model_input
 from vislib.hooks import frozen, layer_name
 
 METRICS = ("cosine", "euclidean")
@@ -149,7 +149,7 @@ def stream_layers(model: nn.Module, data, layers, batch_size: int | None = None,
             for x in batches(data, batch_size, progress, desc):
                 seen.clear()
                 try:
-                    model(x.to(device))
+                    model(model_input(x.to(device)))
                 except _Enough:
                     pass
                 end_of_batch()

@@ -31,6 +31,7 @@ from vislib.conventions import (
     as_batch,
     copies_per_pass,
     logits_of,
+    model_input,
     predicted_or_given,
     resolve_target,
     selected_scores,
@@ -62,7 +63,7 @@ def logits_of_copies(model: nn.Module, make_inputs, total: int, batch_size: int,
     with torch.no_grad():
         for part in batch_slices(total, batch_size, progress, desc):
             index = torch.arange(part.start, part.stop)
-            chunks.append(logits_of(model, make_inputs(index)))
+            chunks.append(logits_of(model, model_input(make_inputs(index))))
     return torch.cat(chunks)
 
 
@@ -137,13 +138,12 @@ def _input_gradient(model: nn.Module, x, target, rule: str | None = None) -> tor
     x = as_batch(x)
     with frozen(model):
         inputs = x.detach().requires_grad_(True)  # a new tensor object: the caller's x is not marked
-        # the model sees a copy: a first layer that works inplace (an nn.ReLU(inplace=True))
-        # may overwrite neither the caller's x nor the leaf whose gradient we want
+        # the model reads a copy, which a first layer working inplace may overwrite
         if rule is None:
-            logits = logits_of(model, inputs.clone())
+            logits = logits_of(model, model_input(inputs))
         else:
             with relu_rule(model, rule):
-                logits = logits_of(model, inputs.clone())
+                logits = logits_of(model, model_input(inputs))
         scores = selected_scores(logits, resolve_target(target, logits))
         (grad,) = torch.autograd.grad(scores.sum(), inputs)
     return grad.detach()
