@@ -4,6 +4,7 @@ import torch
 from vislib.conventions import (
     as_batch,
     copies_per_pass,
+    fast_layout,
     logits_of,
     model_device,
     model_input,
@@ -65,3 +66,11 @@ def test_model_input_is_a_channels_last_copy_on_the_cpu():
     assert copy.is_contiguous(memory_format=torch.channels_last)
     already = x.contiguous(memory_format=torch.channels_last)
     assert model_input(already).data_ptr() != already.data_ptr()  # a copy even when the layout matches
+
+
+def test_fast_layout_copies_only_to_change_the_layout():
+    x = torch.randn(2, 3, 5, 4)
+    laid_out = fast_layout(x)
+    assert torch.equal(laid_out, x) and laid_out.is_contiguous(memory_format=torch.channels_last)
+    assert fast_layout(laid_out) is laid_out
+    assert fast_layout(torch.randn(3, 5, 4)).is_contiguous()  # not a batch: left as it is

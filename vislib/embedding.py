@@ -33,8 +33,9 @@ def _dataset_batch_size(dataset, batch_size: int | None) -> int:
         return batch_size
     if isinstance(dataset, torch.utils.data.IterableDataset) or len(dataset) == 0:
         return 64
-    first = dataset[0][0] if isinstance(dataset[0], (tuple, list)) else dataset[0]
-    return copies_per_pass(first) if isinstance(first, torch.Tensor) and first.ndim >= 2 else 64
+    first = dataset[0]  # an image, or an (image, label) pair
+    image = first[0] if isinstance(first, (tuple, list)) else first
+    return copies_per_pass(image) if isinstance(image, torch.Tensor) and image.ndim >= 2 else 64
 
 
 def batches(data, batch_size: int | None = None, progress: bool = True, desc: str = "batches"):

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from vislib.conventions import (
     as_batch,
     copies_per_pass,
+    fast_layout,
     logits_of,
     model_input,
     predicted_or_given,
@@ -58,12 +59,13 @@ def logits_of_copies(model: nn.Module, make_inputs, total: int, batch_size: int,
                      desc: str = "") -> torch.Tensor:
     """Class scores [total, classes] of ``total`` inputs that ``make_inputs(index)`` builds one
     batch at a time (``index`` a LongTensor of copy numbers), so many perturbed copies share each
-    forward pass and never all sit in memory at once."""
+    forward pass and never all sit in memory at once. The copies are new tensors, so the model
+    may read them as they are (in ``fast_layout``), without another copy."""
     chunks = []
     with torch.no_grad():
         for part in batch_slices(total, batch_size, progress, desc):
             index = torch.arange(part.start, part.stop)
-            chunks.append(logits_of(model, model_input(make_inputs(index))))
+            chunks.append(logits_of(model, fast_layout(make_inputs(index))))
     return torch.cat(chunks)
 
 
