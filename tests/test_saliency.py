@@ -100,6 +100,14 @@ def test_one_inplace_relu_on_the_input(name):
     assert x.flatten().tolist() == [-1.0, 2.0, 3.0, -0.5]  # the caller's input is not overwritten
 
 
+@pytest.mark.parametrize("method", [saliency.occlusion, saliency.smoothgrad, saliency.integrated_gradients])
+def test_batched_methods_leave_the_input_alone_under_an_inplace_first_layer(method):
+    model = nn.Sequential(nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4, 2))
+    x = torch.tensor([-1.0, 2.0, 3.0, -0.5]).view(1, 1, 1, 4)
+    method(model, x, window=1, stride=1) if method is saliency.occlusion else method(model, x)
+    assert x.flatten().tolist() == [-1.0, 2.0, 3.0, -0.5]
+
+
 def test_hand_computed_occlusion():
     """A linear score sum(x) on one row of pixels (1, 2, 3, 4), baseline 0: hiding a window
     drops the score by the sum of its pixels."""

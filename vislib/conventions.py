@@ -92,7 +92,7 @@ def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def predicted_or_given(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     """``target`` resolved against the model's prediction on ``x`` (one forward pass, no grad)."""
     with torch.no_grad():
-        return resolve_target(target, logits_of(model, x))
+        return resolve_target(target, logits_of(model, model_input(x)))
 
 
 PIXELS_PER_PASS = 2**17

@@ -238,7 +238,7 @@ def integrated_gradients(model: nn.Module, x, target=None, baseline=0.0, steps: 
                                difference.index_select(0, owner))
         grads = _input_gradient(model, points, classes[owner])
         total.index_add_(0, owner, grads * weights[step].view(-1, 1, 1, 1))
-    return (x - base) * total
+    return difference * total
 
 
 # --------------------------------------------------------------------------- perturbation
@@ -292,7 +292,7 @@ def occlusion(model: nn.Module, x, target=None, window=8, stride=4, baseline=0.0
         return torch.where(hidden, base.index_select(0, owner), x.index_select(0, owner))
 
     with torch.no_grad():
-        logits = logits_of(model, x)
+        logits = logits_of(model, model_input(x))
     classes = resolve_target(target, logits)
     original = selected_scores(logits, classes)
     logits = logits_of_copies(model, occluded, batch * positions, copies_per_pass(x, batch_size), progress,
