@@ -1,3 +1,7 @@
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -74,3 +78,40 @@ def test_fast_layout_copies_only_to_change_the_layout():
     assert torch.equal(laid_out, x) and laid_out.is_contiguous(memory_format=torch.channels_last)
     assert fast_layout(laid_out) is laid_out
     assert fast_layout(torch.randn(3, 5, 4)).is_contiguous()  # not a batch: left as it is
+
+
+PAGE_FAULTS_OF_FORWARD_PASSES = """
+import resource, sys, torch
+from vislib.conventions import reuse_freed_memory
+from vislib.models import shapes_net
+
+model, x = shapes_net(), torch.rand(3, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+if sys.argv[1] == "reuse":
+    reuse_freed_memory()
+faults = []
+with torch.no_grad():
+    for _ in range(30):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        model(x)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sum(faults[10:]))
+"""
+
+
+def page_faults_of_forward_passes(mode: str) -> int:
+    """Page faults of ShapesNet's passes 11 to 30 over 3 images of 224 px, in a fresh process
+    (the allocator's state belongs to the process)."""
+    done = subprocess.run([sys.executable, "-c", PAGE_FAULTS_OF_FORWARD_PASSES, mode], capture_output=True,
+                          text=True, check=True)
+    return int(done.stdout)
+
+
+def test_reuse_freed_memory_stops_the_page_faults_of_repeated_passes():
+    """With glibc, each pass's activations (9.6 MB blocks) go back to the system and are faulted
+    in again by the next pass, about 4,700 faults per pass; after ``reuse_freed_memory``, none."""
+    after = page_faults_of_forward_passes("reuse")
+    if platform.libc_ver()[0] == "glibc":
+        assert page_faults_of_forward_passes("plain") > 10_000
+        assert after < 1_000
+    else:  # another allocator has its own rules; the call must only do no harm
+        assert after <= page_faults_of_forward_passes("plain") + 1_000

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from vislib.conventions import copies_per_pass, model_device, model_input
+from vislib.conventions import copies_per_pass, model_device, model_input, reuse_freed_memory
 from vislib.hooks import frozen, layer_name
 
 METRICS = ("cosine", "euclidean")
@@ -55,6 +55,7 @@ def batches(data, batch_size: int | None = None, progress: bool = True, desc: st
         chunks = data
     else:
         raise TypeError(f"expected a tensor, a Dataset or an iterable of batches, got {type(data).__name__}")
+    reuse_freed_memory()
     total = len(chunks) if hasattr(chunks, "__len__") else None
     for chunk in tqdm(chunks, total=total, desc=desc, disable=not progress or total == 1, leave=False):
         x = chunk[0] if isinstance(chunk, (tuple, list)) else chunk

@@ -35,6 +35,7 @@ from vislib.conventions import (
     model_input,
     predicted_or_given,
     resolve_target,
+    reuse_freed_memory,
     selected_scores,
 )
 from vislib.hooks import frozen
@@ -50,6 +51,7 @@ def batch_slices(total: int, batch_size: int, progress: bool = True, desc: str =
     """Slices ``[0, total)`` in chunks of ``batch_size``, with a progress bar over the chunks."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    reuse_freed_memory()
     starts = range(0, total, batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False):
         yield slice(start, min(start + batch_size, total))
