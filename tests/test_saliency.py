@@ -142,6 +142,46 @@ def test_occlusion_with_a_tensor_baseline():
     assert torch.allclose(both[1], white, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 50])
+def test_occlusion_is_the_same_for_every_batching(batch_size):
+    """The copies are made by moving a window in a reused buffer; batches that split the
+    positions unevenly and mix two images in one pass give the maps of one copy per pass
+    computed from scratch (here: each copy built by hand and scored alone)."""
+    model = tiny_cnn()
+    x, baseline = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    result = saliency.occlusion(model, x, target=[0, 1], window=4, stride=3, baseline=baseline,
+                                batch_size=batch_size, progress=False)
+    expected = torch.zeros(2, 8, 8)
+    with torch.no_grad():
+        for image, target in enumerate([0, 1]):
+            original = model(x[image : image + 1])[0, target]
+            count = torch.zeros(8, 8)
+            for top in (0, 3, 6):  # the window at 6 is cut at the border
+                for left in (0, 3, 6):
+                    copy_ = x[image].clone()
+                    copy_[:, top : top + 4, left : left + 4] = baseline[image, :, top : top + 4, left : left + 4]
+                    expected[image, top : top + 4, left : left + 4] += original - model(copy_[None])[0, target]
+                    count[top : top + 4, left : left + 4] += 1
+            expected[image] /= count
+    assert relative_error(result, expected) < 1e-5
+
+
+class DoublesItsInput(nn.Module):
+    """A first layer that works inplace and is not idempotent: x -> 2x, written into x."""
+
+    def forward(self, x):
+        return x.mul_(2)
+
+
+def test_occlusion_rebuilds_its_copies_after_a_model_writes_into_them():
+    model = nn.Sequential(DoublesItsInput(), nn.Flatten(), nn.Linear(12, 2))
+    twin = nn.Sequential(nn.Identity(), nn.Flatten(), copy.deepcopy(model[2]))
+    x = torch.rand(1, 3, 2, 2)
+    doubled = saliency.occlusion(model, x, target=0, window=1, stride=1, batch_size=2, progress=False)
+    expected = saliency.occlusion(twin, 2 * x, target=0, window=1, stride=1, batch_size=2, progress=False)
+    assert torch.allclose(doubled, expected, atol=1e-6)
+
+
 def test_integrated_gradients_of_a_linear_model_is_exact():
     """For score = w . x the path integral is (x - baseline) * w, for any quadrature."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 2)).eval()

@@ -144,13 +144,13 @@ def perturbation_curve(model: nn.Module, images, maps, target=None, mode: str = 
     base = torch.as_tensor(baseline, dtype=images.dtype, device=images.device).expand_as(images)
     start, end = (images, base) if mode == "deletion" else (base, images)
 
-    def copies(index):
-        index = index.to(images.device)
+    def perturb(copies, index):
         owner, step = index // (steps + 1), index % (steps + 1)
         switched = rank[owner] < changed[step][:, None, None]
-        return torch.where(switched[:, None], end[owner], start[owner])
+        torch.where(switched[:, None], end[owner], start[owner], out=copies)
 
-    logits = logits_of_copies(model, copies, batch * (steps + 1), copies_per_pass(images, batch_size), progress, mode)
+    logits = logits_of_copies(model, perturb, images, batch * (steps + 1), copies_per_pass(images, batch_size),
+                              progress, mode)
     owners = torch.arange(batch, device=images.device).repeat_interleave(steps + 1)
     return selected_scores(logits.softmax(dim=1), classes[owners]).view(batch, steps + 1)
 
