@@ -55,11 +55,13 @@ def test_logits_of_and_model_device():
 
 
 def test_copies_per_pass_keeps_large_images_in_small_batches_on_the_cpu():
-    assert copies_per_pass(torch.zeros(1, 3, 64, 64)) == 32
-    assert copies_per_pass(torch.zeros(1, 3, 224, 224)) == 3
-    assert copies_per_pass(torch.zeros(1, 3, 16, 16)) == 64
+    assert copies_per_pass(torch.zeros(1, 3, 64, 64)) == 64
+    assert copies_per_pass(torch.zeros(1, 3, 64, 64), backward=True) == 32
+    assert copies_per_pass(torch.zeros(1, 3, 224, 224)) == 6
+    assert copies_per_pass(torch.zeros(1, 3, 224, 224), backward=True) == 3
+    assert copies_per_pass(torch.zeros(1, 3, 16, 16), backward=True) == 64
     assert copies_per_pass(torch.zeros(1, 3, 1024, 1024)) == 1
-    assert copies_per_pass(torch.zeros(1, 3, 1024, 1024, device="meta")) == 64
+    assert copies_per_pass(torch.zeros(1, 3, 1024, 1024, device="meta"), backward=True) == 64
     assert copies_per_pass(torch.zeros(1, 3, 224, 224), batch_size=32) == 32
 
 

@@ -212,10 +212,10 @@ def test_project_leaves_torch_thread_count_alone():
 
 def test_default_batches_are_small_for_large_images_whatever_holds_them():
     large, small = torch.zeros(12, 3, 224, 224), torch.zeros(130, 3, 64, 64)
-    assert [len(b) for b in batches(large, progress=False)] == [3, 3, 3, 3]
-    assert [len(b) for b in batches(small, progress=False)] == [32, 32, 32, 32, 2]
+    assert [len(b) for b in batches(large, progress=False)] == [6, 6]
+    assert [len(b) for b in batches(small, progress=False)] == [64, 64, 2]
     labelled = torch.utils.data.TensorDataset(large, torch.zeros(12, dtype=torch.long))
-    assert [len(b) for b in batches(labelled, progress=False)] == [3, 3, 3, 3]
+    assert [len(b) for b in batches(labelled, progress=False)] == [6, 6]
     assert [len(b) for b in batches(small, batch_size=100, progress=False)] == [100, 30]
     with pytest.raises(ValueError, match="positive int"):
         next(batches(small, batch_size=0))

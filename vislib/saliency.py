@@ -190,7 +190,7 @@ def smoothgrad(model: nn.Module, x, target=None, samples: int = 25, noise: float
     sigma = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
     batch = x.shape[0]
     total = torch.zeros_like(x)
-    for part in batch_slices(samples * batch, copies_per_pass(x, batch_size), progress, "smoothgrad"):
+    for part in batch_slices(samples * batch, copies_per_pass(x, batch_size, backward=True), progress, "smoothgrad"):
         owner = torch.arange(part.start, part.stop, device=x.device) % batch
         draws = torch.randn((part.stop - part.start, *x.shape[1:]), generator=generator).to(x.device, x.dtype)
         noisy = x.index_select(0, owner) + draws * sigma[owner].view(-1, 1, 1, 1)
@@ -237,7 +237,8 @@ def integrated_gradients(model: nn.Module, x, target=None, baseline=0.0, steps: 
     start, direction = fast_layout(base.detach().contiguous()), fast_layout(difference.detach())
     total = torch.zeros_like(x)
     with frozen(model):  # once for all passes
-        for part in batch_slices(steps * batch, copies_per_pass(x, batch_size), progress, "integrated gradients"):
+        for part in batch_slices(steps * batch, copies_per_pass(x, batch_size, backward=True), progress,
+                                 "integrated gradients"):
             index = torch.arange(part.start, part.stop, device=x.device)
             step, owner = index // batch, index % batch
             # The gradient is taken at each point's start: d point / d start = 1, so it is the gradient at
