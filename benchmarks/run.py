@@ -21,12 +21,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 
 from vislib import activations, cam, saliency
+from vislib.conventions import reuse_freed_memory
 from vislib.data import make_shapes
 from vislib.models import shapes_net, torchvision_model
 
@@ -193,8 +196,9 @@ def gradient_case(model, x, target, method):
 
 
 def integrated_gradients_case(model, x, target, steps=50):
-    """vislib at its default batching; Captum and the floor (one forward and backward pass per
-    point of the path) at each batching."""
+    """vislib at its default batching; Captum at each batching; the floor (one forward and
+    backward pass per point of the path) in batches of 32 and 64: batches of 16 were slower in
+    both full runs since the allocator setting (``run_case``)."""
     from captum.attr import IntegratedGradients
 
     reference = IntegratedGradients(non_inplace(model))
@@ -206,13 +210,14 @@ def integrated_gradients_case(model, x, target, steps=50):
     return {
         "vislib": lambda: saliency.integrated_gradients(model, x, target, steps=steps, progress=False),
         **{f"Captum (internal_batch_size={b})": captum(b) for b in (16, 32, 64)},
-        **{f"floor (batches of {b})": backward_to_input_floor(model, path, path_target, b) for b in (16, 32, 64)},
+        **{f"floor (batches of {b})": backward_to_input_floor(model, path, path_target, b) for b in (32, 64)},
     }
 
 
 def occlusion_case(model, x, target, window=16, stride=8):
     """vislib at its default batching; Captum at each ``perturbations_per_eval``; the floor (one
-    forward pass per window position, plus the original image) at each batching."""
+    forward pass per window position, plus the original image) in batches of 8: batches of 3
+    were slower in both full runs since the allocator setting (``run_case``)."""
     from captum.attr import Occlusion
 
     reference = Occlusion(model)
@@ -224,13 +229,14 @@ def occlusion_case(model, x, target, window=16, stride=8):
 
     return {
         "vislib": lambda: saliency.occlusion(model, x, target, window=window, stride=stride, progress=False),
-        **{f"Captum (perturbations_per_eval={n})": captum(n) for n in (4, 16)},
-        **{f"floor (batches of {b})": forwards_floor(model, x, passes, b) for b in (3, 8)},
+        **{f"Captum (perturbations_per_eval={n})": captum(n) for n in (4, 8, 16)},
+        "floor (batches of 8)": forwards_floor(model, x, passes, 8),
     }
 
 
 def top_patches_case(n: int):
-    """top_patches over ``n`` shapes; the floor is a bare forward pass over them, at each batching."""
+    """top_patches over ``n`` shapes; the floor is a bare forward pass over them in batches of 64
+    (batches of 32 were slower in every full run)."""
     model, images = shapes_net(), make_shapes(n, seed=3).images
     laid_out = fastest_layout(images)
 
@@ -243,7 +249,7 @@ def top_patches_case(n: int):
 
     return {
         "vislib": lambda: activations.top_patches(model, images, "features.relu3", k=9, progress=False),
-        **{f"floor (batches of {b})": forwards(b) for b in (32, 64)},
+        "floor (batches of 64)": forwards(64),
     }
 
 
@@ -262,9 +268,20 @@ def notebook_times() -> dict:
     return times
 
 
-def cases() -> list:
-    """(case, model, input size, batch, build): ``build()`` makes the models and data and returns
-    the contenders; it runs in the case's own process."""
+class Case(NamedTuple):
+    """One row of the table. ``build()`` makes the models and data and returns the contenders;
+    it runs in the case's own process. ``min_rounds``: five where several batchings race and a
+    round is long, so that the median ratio rests on more than the three pairs the budget allows."""
+
+    name: str
+    model: str
+    size: int
+    batch: int
+    build: Callable[[], dict]
+    min_rounds: int = 3
+
+
+def cases() -> list[Case]:
     def photos():
         torch.manual_seed(0)
         model = torchvision_model("resnet18", pretrained=False)
@@ -281,28 +298,33 @@ def cases() -> list:
                 "floor": backward_to_input_floor(model, x, target)}
 
     return [
-        ("Grad-CAM", "ResNet-18 (random)", 224, 8, lambda: grad_cam_case(*photos(), "layer4")),
-        ("Grad-CAM", "ShapesNet", 64, 256, lambda: grad_cam_case(*shapes(256), "features.relu4")),
-        ("gradient", "ResNet-18 (random)", 224, 8, lambda: gradient_case(*photos(), "gradient")),
-        ("control: vislib's gradient against itself", "ResNet-18 (random)", 224, 8, control),
-        ("guided backprop", "ResNet-18 (random)", 224, 8, lambda: gradient_case(*photos(), "guided backprop")),
-        ("integrated gradients, 50 steps", "ShapesNet", 64, 16, lambda: integrated_gradients_case(*shapes(16))),
-        ("occlusion, window 16, stride 8", "ShapesNet", 224, 1, lambda: occlusion_case(*shapes(1, size=224))),
-        ("top_patches, 1,000 images", "ShapesNet", 64, 1000, lambda: top_patches_case(1000)),
-        ("top_patches, 10,000 images", "ShapesNet", 64, 10_000, lambda: top_patches_case(10_000)),
+        Case("Grad-CAM", "ResNet-18 (random)", 224, 8, lambda: grad_cam_case(*photos(), "layer4")),
+        Case("Grad-CAM", "ShapesNet", 64, 256, lambda: grad_cam_case(*shapes(256), "features.relu4")),
+        Case("gradient", "ResNet-18 (random)", 224, 8, lambda: gradient_case(*photos(), "gradient")),
+        Case("control: vislib's gradient against itself", "ResNet-18 (random)", 224, 8, control),
+        Case("guided backprop", "ResNet-18 (random)", 224, 8, lambda: gradient_case(*photos(), "guided backprop")),
+        Case("integrated gradients, 50 steps", "ShapesNet", 64, 16, lambda: integrated_gradients_case(*shapes(16)),
+             min_rounds=5),
+        Case("occlusion, window 16, stride 8", "ShapesNet", 224, 1, lambda: occlusion_case(*shapes(1, size=224)),
+             min_rounds=5),
+        Case("top_patches, 1,000 images", "ShapesNet", 64, 1000, lambda: top_patches_case(1000)),
+        Case("top_patches, 10,000 images", "ShapesNet", 64, 10_000, lambda: top_patches_case(10_000)),
     ]
 
 
 def run_case(index: int, budget_s: float) -> None:
-    """Run one case in this process and print its result as JSON (the parent collects it)."""
-    contenders = cases()[index][4]()
-    times, memory = race(contenders, budget_s)
+    """Run one case in this process and print its result as JSON (the parent collects it). The
+    allocator is first set to keep freed memory, as vislib's many-pass methods do on their first
+    call, so that every contender runs in the same state from the start."""
+    reuse_freed_memory()
+    case = cases()[index]
+    times, memory = race(case.build(), budget_s, case.min_rounds)
     print(json.dumps({"times": times, "memory": memory}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=15, help="seconds of timed rounds per case")
+    parser.add_argument("--budget", type=float, default=10, help="seconds of timed rounds per case")
     parser.add_argument("--no-notebooks", action="store_true", help="skip timing the notebooks")
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args()
@@ -310,7 +332,7 @@ def main() -> None:
         return run_case(args.case, args.budget)
 
     started, rows = time.perf_counter(), []
-    for index, (name, model_name, size, batch, _) in enumerate(cases()):
+    for index, (name, model_name, size, batch, *_) in enumerate(cases()):
         print(f"{name} on {model_name} ({time.perf_counter() - started:.0f} s) ...", flush=True)
         # a fresh process per case, so no case inherits another's memory state
         done = subprocess.run([sys.executable, __file__, "--case", str(index), "--budget", str(args.budget)],
@@ -368,16 +390,20 @@ def write(rows, notebooks, seconds) -> None:
         "The floor is the work a method cannot avoid, measured on the same model and input: for Grad-CAM, "
         "one forward pass and the backward pass from the class scores down to the layer; for the gradient "
         "methods, one forward and one backward pass to the input per image (per point of the path for "
-        "integrated gradients, at the fastest batching); for occlusion, one forward pass per window "
-        "position plus the original, at the fastest batching; for top_patches, a bare forward pass over the "
-        "data at the fastest batching. The floors read channels-last inputs, prepared beforehand. Peak "
+        "integrated gradients); for occlusion, one forward pass per window position plus the original; "
+        "for top_patches, a bare forward pass over the data. Each floor runs at the batchings that were "
+        "fastest in earlier runs; where two race, the table keeps the faster. The floors read channels-last "
+        "inputs, prepared beforehand. Peak "
         "memory is the largest rise of resident memory during one vislib call.",
         "",
-        "Why vislib's default batches are small on a CPU (`vislib.conventions.copies_per_pass`, about 2^17 "
-        "pixels per pass): glibc hands freed blocks of more than a few MB back to the system, and the next "
-        "pass faults them in again, page by page. How often that happens depends on what ran before: the same "
-        "occlusion floor took 3.4 s in one process and 6.3 s, with 1.1 million page faults, in another. "
-        "Small batches keep the working memory of a pass below the point where glibc trims it.",
+        "Allocator: each case's process first calls `vislib.conventions.reuse_freed_memory`, as vislib's "
+        "many-pass methods do on their first call, so glibc keeps freed memory for every contender. Without "
+        "it, glibc may hand each pass's memory back to the system and fault it in again on the next pass, "
+        "and which contender it happens to is a matter of the process's history, not of the method: one "
+        "occlusion call took 4.1 s in one process and 6.8 s, with 1.1 million page faults, in another. "
+        "vislib's default batches (`vislib.conventions.copies_per_pass`, on a CPU about 2^18 pixels per "
+        "forward pass, 2^17 when a backward pass follows) keep each activation below 32 MB, above which "
+        "glibc always maps memory afresh.",
         "",
         "| case | model | input | batch | rounds | vislib | peers | vislib / fastest peer | floor "
         "| vislib / floor | peak memory |",
