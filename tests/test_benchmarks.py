@@ -14,8 +14,8 @@ def test_race_gives_every_contender_a_turn_per_round_and_rotates_who_starts():
     calls = []
     contenders = {name: (lambda name=name: calls.append(name)) for name in ("vislib", "peer", "floor")}
     times, memory = bench.race(contenders, budget_s=0, min_rounds=3)
-    assert calls[:3] == ["vislib", "peer", "floor"]  # the warm-up
-    assert calls[3:] == ["vislib", "peer", "floor", "peer", "floor", "vislib", "floor", "vislib", "peer"]
+    assert calls[:4] == ["vislib", "peer", "floor", "vislib"]  # the warm-up, then vislib's memory
+    assert calls[4:] == ["vislib", "peer", "floor", "peer", "floor", "vislib", "floor", "vislib", "peer"]
     assert {name: len(t) for name, t in times.items()} == {"vislib": 3, "peer": 3, "floor": 3}
     assert memory >= 0
 
