@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from vislib import activations, cam, saliency
-from vislib.conventions import reuse_freed_memory
+from vislib.conventions import fast_layout, reuse_freed_memory
 from vislib.data import make_shapes
 from vislib.models import shapes_net, torchvision_model
 
@@ -94,16 +94,10 @@ def non_inplace(model: nn.Module) -> nn.Module:
     return twin
 
 
-def fastest_layout(x: torch.Tensor) -> torch.Tensor:
-    """``x`` channels-last, the layout a CPU's convolutions read fastest, converted before the
-    clock starts: the floors pay for no copy."""
-    return x.contiguous(memory_format=torch.channels_last)
-
-
 def backward_to_input_floor(model: nn.Module, x: torch.Tensor, target: torch.Tensor, batch_size: int | None = None):
     """Forward and backward passes to the input, the cost of any input-gradient method: over
     ``x`` in one batch, or in chunks of ``batch_size``."""
-    model, x = copy.deepcopy(model).requires_grad_(False), fastest_layout(x)
+    model, x = copy.deepcopy(model).requires_grad_(False), fast_layout(x)
     size = batch_size or len(x)
 
     def run():
@@ -117,7 +111,7 @@ def backward_to_input_floor(model: nn.Module, x: torch.Tensor, target: torch.Ten
 def backward_to_layer_floor(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str):
     """One forward pass and the backward pass from the class scores down to ``layer``: what
     Grad-CAM needs (the layer's activations and their gradient), and nothing below it."""
-    model, x = copy.deepcopy(model).requires_grad_(False), fastest_layout(x)
+    model, x = copy.deepcopy(model).requires_grad_(False), fast_layout(x)
     seen = []
 
     def start_graph_here(module, inputs, output):
@@ -135,7 +129,7 @@ def backward_to_layer_floor(model: nn.Module, x: torch.Tensor, target: torch.Ten
 
 def forwards_floor(model: nn.Module, x: torch.Tensor, passes: int, batch_size: int):
     """``passes`` forward passes of images like ``x`` without gradients, ``batch_size`` at a time."""
-    copies = fastest_layout(x[:1].expand(batch_size, *x.shape[1:]))
+    copies = fast_layout(x[:1].expand(batch_size, *x.shape[1:]))
 
     @torch.no_grad()
     def run():
@@ -237,7 +231,7 @@ def top_patches_case(n: int):
     """top_patches over ``n`` shapes; the floor is a bare forward pass over them in batches of 64
     (batches of 32 were slower in every full run)."""
     model, images = shapes_net(), make_shapes(n, seed=3).images
-    laid_out = fastest_layout(images)
+    laid_out = fast_layout(images)
 
     def forwards(batch_size):
         @torch.no_grad()

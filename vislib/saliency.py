@@ -87,10 +87,11 @@ class _PositiveGradientToInput(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.clamp(min=0), None
+        return _keep_positive(grad), None
 
 
 def _keep_positive(grad: torch.Tensor) -> torch.Tensor:
+    """The positive part of a gradient: what both ReLU rules let through."""
     return grad.clamp(min=0)
 
 
@@ -301,31 +302,30 @@ def occlusion(model: nn.Module, x, target=None, window=8, stride=4, baseline=0.0
         row, col = divmod(position, cols.shape[0])
         return slice(row * step_h, row * step_h + win_h), slice(col * step_w, col * step_w + win_w)
 
-    held = {}  # slot of the buffer -> (image, window hidden in it) as last written there
+    per_pass = copies_per_pass(x, batch_size)
     written = [None]  # the buffer's version after the last fill
 
     def occlude(copies, index):
-        if copies._version != written[0]:  # new, or the model wrote into its input: rebuild every copy
-            held.clear()
+        # Slot s holds copy number n - per_pass from the pass before, unless the buffer is new or
+        # the model wrote into its input (the version moved): then every copy is rebuilt.
+        rebuild = copies._version != written[0]
         for slot, number in enumerate(index.tolist()):
             image, position = divmod(number, positions)
-            hide_rows, hide_cols = window_at(position)
-            before = held.get(slot)
-            if before is None or before[0] != image:
+            before = number - per_pass
+            if rebuild or before // positions != image:
                 copies[slot] = x[image]
             else:
-                _, (show_rows, show_cols) = before
+                show_rows, show_cols = window_at(before % positions)
                 copies[slot, :, show_rows, show_cols] = x[image, :, show_rows, show_cols]
+            hide_rows, hide_cols = window_at(position)
             copies[slot, :, hide_rows, hide_cols] = base if base.ndim == 0 else base[image, :, hide_rows, hide_cols]
-            held[slot] = (image, (hide_rows, hide_cols))
         written[0] = copies._version
 
     with torch.no_grad():
         logits = logits_of(model, model_input(x))
     classes = resolve_target(target, logits)
     original = selected_scores(logits, classes)
-    logits = logits_of_copies(model, occlude, x, batch * positions, copies_per_pass(x, batch_size), progress,
-                              "occlusion")
+    logits = logits_of_copies(model, occlude, x, batch * positions, per_pass, progress, "occlusion")
     owners = torch.arange(batch, device=x.device).repeat_interleave(positions)
     drops = (original[owners] - selected_scores(logits, classes[owners])).view(batch, rows.shape[0], cols.shape[0])
     rows_f, cols_f = rows.to(x.dtype), cols.to(x.dtype)
