@@ -304,7 +304,7 @@ def test_bad_layers_and_inputs(shapes_model, resnet18, vgg11, held_out):
             grad_cam(shapes_model, x, layer="features.relu5")
         with pytest.raises(ValueError, match="convolutional feature map"):
             grad_cam(shapes_model, x, layer="fc")
-        with pytest.raises(ValueError, match="expected an image batch"):
+        with pytest.raises(ValueError, match="must be an image batch"):
             grad_cam(shapes_model, x[0, 0])
         with pytest.raises(ValueError, match="global average"):
             cam(shapes_model, x, layer="features.bn4")  # 128 channels, but relu4 lies in between

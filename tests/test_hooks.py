@@ -122,8 +122,35 @@ def test_module_called_twice_keeps_the_last_call_and_its_own_gradient():
     assert torch.equal(rec.gradients["relu"], torch.tensor([[2.0, 2.0]]))  # d(2 * out2) / d out2, not 6
 
 
-def test_frozen_restores_batchnorm_statistics_of_a_model_in_train_mode():
+def test_frozen_runs_a_train_mode_model_in_eval_mode_and_hands_it_back_in_train_mode():
     model = ShapesNet().train()
     with untouched(model), frozen(model):
-        model(torch.rand(4, 3, 32, 32) * 5)  # train mode: BatchNorm updates its running statistics here
+        assert not any(m.training for m in model.modules())
+        model(torch.rand(4, 3, 32, 32) * 5)  # eval mode: BatchNorm reads its running statistics, never updates them
+        assert torch.equal(model.features.bn1.running_mean, torch.zeros(16))
+    assert all(m.training for m in model.modules())
+
+
+def test_frozen_restores_buffers_that_the_body_changes():
+    model = ShapesNet()
+    with untouched(model), frozen(model):
+        model.train()  # the body may switch modes itself; the statistics it changes are put back
+        model(torch.rand(4, 3, 32, 32) * 5)
         assert not torch.equal(model.features.bn1.running_mean, torch.zeros(16))
+
+
+def test_frozen_nested_is_free_and_the_outer_block_restores():
+    model = ShapesNet().train()
+    model.fc.weight.requires_grad_(True)
+    with untouched(model), frozen(model):
+        with frozen(model):
+            assert not model.fc.weight.requires_grad and not model.training
+        assert not model.fc.weight.requires_grad and not model.training  # still inside the outer block
+
+
+def test_frozen_works_inside_inference_mode():
+    model = ShapesNet()
+    with torch.inference_mode(), untouched(model), frozen(model):
+        x = torch.rand(1, 3, 16, 16, requires_grad=True)
+        model(x).sum().backward()
+        assert x.grad is not None

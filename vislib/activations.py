@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from vislib.conventions import model_device
 from vislib.embedding import stream_layers
-from vislib.hooks import capture, frozen, get_layer, layer_name
+from vislib.hooks import capture, frozen, get_layer, layer_name, uses_model
 
 # Modules on a residual block's shortcut: they run beside the main path, so they change
 # neither the main path's receptive field nor its stride (torchvision's ResNets call it so).
@@ -154,7 +154,6 @@ def _output_size(model: nn.Module, name: str, height: int, width: int) -> tuple:
         raise ValueError("the model has no nn.Conv2d: receptive fields are for convolutional networks")
     probe = torch.zeros(1, convs[0].in_channels, height, width, device=model_device(model), dtype=convs[0].weight.dtype)
     with frozen(model), torch.no_grad(), capture(model, name) as rec:
-        model.eval()
         model(probe)
     out = rec[name]
     if out.ndim != 4:
@@ -236,6 +235,7 @@ def _scan(model, data, layer, k, channels, batch_size, progress, score):
     return name, state["index"], best, state["shape"], input_size
 
 
+@uses_model
 def top_patches(model: nn.Module, data, layer, k: int = 9, channels=None, distinct_images: bool = True,
                 batch_size: int | None = None, progress: bool = True) -> TopActivations:
     """The ``k`` input patches that excite each channel of ``layer`` most, in one pass over ``data``
@@ -267,6 +267,7 @@ def top_patches(model: nn.Module, data, layer, k: int = 9, channels=None, distin
     return TopActivations(name, index, best.values, image, positions, rf.boxes(positions), rf)
 
 
+@uses_model
 def top_images(model: nn.Module, data, layer, k: int = 9, channels=None, batch_size: int | None = None,
                progress: bool = True) -> TopActivations:
     """The ``k`` whole images with the highest mean activation (over space) of each channel

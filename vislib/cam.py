@@ -15,7 +15,7 @@ The methods differ only in the channel weights ``alpha``:
   GAP + linear head it equals ``w_k^c / (h*w)``, so Grad-CAM is CAM divided by ``h*w``.
 - ``guided_grad_cam``: Grad-CAM's coarse map times guided backpropagation's fine detail.
 
-One shared core runs the model (inside ``hooks.frozen``, recording the layer with
+One shared core runs the model (inside ``hooks.frozen``, through ``hooks.uses_model``, recording the layer with
 ``hooks.capture``), picks one target class per image, combines channels and upsamples; each
 method only supplies its channel weights. Maps are raw (not normalised), one per image with that
 image's own target, bilinearly upsampled to the input size unless ``upsample=False``.
@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vislib.conventions import as_batch, model_input, resolve_target, selected_scores
-from vislib.hooks import capture, frozen, get_layer, layer_name
+from vislib.conventions import as_batch, logits_of, model_input, resolve_target, selected_scores
+from vislib.hooks import capture, get_layer, layer_name, uses_model
 from vislib.models import ShapesNet
 from vislib.saliency import guided_backprop
 
@@ -55,11 +55,11 @@ def _class_map(model: nn.Module, x, target, layer, channel_weights, upsample: bo
     and return ``ReLU(sum_k alpha_k A_k)`` [B,h,w], upsampled to the input size when asked."""
     x = as_batch(x)
     name = layer_name(model, layer)
-    with frozen(model), capture(model, name, grads=needs_gradients) as recording:
+    with capture(model, name, grads=needs_gradients) as recording:
         # With frozen parameters and a plain input, capture starts the autograd graph at the
         # layer, so the backward pass runs from the score down to the layer and no further.
         with torch.set_grad_enabled(needs_gradients):
-            logits = model(model_input(x.detach()))
+            logits = logits_of(model, model_input(x.detach()))
         if name not in recording.activations:
             raise ValueError(f"layer {name!r} did not run in the model's forward pass")
         classes = resolve_target(target, logits)
@@ -83,6 +83,7 @@ def _class_map(model: nn.Module, x, target, layer, channel_weights, upsample: bo
     return maps
 
 
+@uses_model
 def cam(model: nn.Module, x, target=None, layer=None, fc=None, upsample: bool = True,
         relu: bool = True) -> torch.Tensor:
     """Class activation map [B,H,W] (Zhou et al. 2016): ``sum_k w_k^c A_k`` with the final
@@ -118,7 +119,10 @@ def _check_gap_linear_head(activations, weights, linear, classes, logits):
     if linear.bias is not None:
         rebuilt = rebuilt + linear.bias.detach()[classes]
     scores = selected_scores(logits, classes)
-    if not torch.allclose(rebuilt, scores, rtol=1e-3, atol=1e-3 * (1 + scores.abs().max().item())):
+    # the model's own rounding: about 1e-6 of the scores in float32, 1e-2 in bfloat16
+    tolerance = max(1e-3, 16 * torch.finfo(logits.dtype).eps)
+    if not torch.allclose(rebuilt.to(scores.dtype), scores, rtol=tolerance,
+                          atol=tolerance * (1 + scores.abs().max().item())):
         raise ValueError(
             "the class scores are not fc(global average of the layer): CAM needs layer -> global average "
             "pooling -> fc with nothing in between; use grad_cam for other architectures"
@@ -130,6 +134,7 @@ def _mean_gradient(activations, gradients, classes, logits):
     return gradients.mean(dim=(2, 3))
 
 
+@uses_model
 def grad_cam(model: nn.Module, x, target=None, layer=None, upsample: bool = True,
              relu: bool = True) -> torch.Tensor:
     """Grad-CAM map [B,H,W] (Selvaraju et al. 2017): ``ReLU(sum_k alpha_k^c A_k)`` with
@@ -142,6 +147,7 @@ def grad_cam(model: nn.Module, x, target=None, layer=None, upsample: bool = True
     return _class_map(model, x, target, layer, _mean_gradient, upsample, relu, needs_gradients=True)
 
 
+@uses_model
 def guided_grad_cam(model: nn.Module, x, target=None, layer=None) -> torch.Tensor:
     """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map, a signed tensor
     shaped like ``x`` [B,C,H,W]: class-discriminative (from Grad-CAM) and sharp (from guided

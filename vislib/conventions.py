@@ -10,39 +10,60 @@
 from __future__ import annotations
 
 import functools
+import numbers
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 
-def as_batch(x) -> torch.Tensor:
-    """``x`` as a float batch [B,C,H,W]; a single [C,H,W] image becomes a batch of one."""
+def as_batch(x, name: str = "x") -> torch.Tensor:
+    """``x`` as a float batch [B,C,H,W] of finite values; a single [C,H,W] image becomes a batch
+    of one. Errors name the argument (``name``) and what was expected."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor [B,C,H,W], got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor [B,C,H,W], got {type(x).__name__}")
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4:
         raise ValueError(
-            f"expected an image batch [B,C,H,W] (or one image [C,H,W]), got shape {tuple(x.shape)}"
+            f"{name} must be an image batch [B,C,H,W] (or one image [C,H,W]), got shape {tuple(x.shape)}"
         )
     if not x.is_floating_point():
-        raise ValueError(f"expected a float tensor, got dtype {x.dtype}")
+        raise ValueError(f"{name} must be a float tensor, got dtype {x.dtype} (convert images with "
+                        "vislib.models.preprocess)")
+    if x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f"{name} holds no pixels: shape {tuple(x.shape)}")
+    if x.is_inference():  # made under torch.inference_mode(): a normal copy can take part in autograd
+        with torch.inference_mode(False):
+            x = x.clone()
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
     return x
 
 
 def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
-    """One class index per sample, as a long tensor [B] on the logits' device."""
+    """One class index per sample, as a long tensor [B] on the logits' device. A single class
+    may be a Python or numpy integer or a 0-d integer tensor."""
     batch, num_classes = logits.shape[0], logits.shape[-1]
-    if target is None:
-        classes = logits.detach().argmax(dim=-1)
-    elif isinstance(target, bool):
+    if isinstance(target, bool) or (isinstance(target, torch.Tensor) and target.dtype == torch.bool):
         raise TypeError("target must be None, an int or a sequence of ints, not a bool")
-    elif isinstance(target, int):
-        classes = torch.full((batch,), target, dtype=torch.long)
+    if target is None:
+        if not torch.isfinite(logits).all():
+            raise ValueError("the model's class scores contain NaN or infinite values, so it predicts no class")
+        classes = logits.detach().argmax(dim=-1)
+    elif isinstance(target, numbers.Integral) or (isinstance(target, torch.Tensor) and target.ndim == 0
+                                                  and not target.is_floating_point()):
+        classes = torch.full((batch,), int(target), dtype=torch.long)
     else:
-        classes = torch.as_tensor(target).reshape(-1)
-        if classes.is_floating_point() or classes.dtype == torch.bool:
+        try:
+            classes = torch.as_tensor(np.asarray(target) if not isinstance(target, torch.Tensor) else target)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"target must be None, an int or a sequence of ints, got {target!r}") from error
+        if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool \
+                or not (classes.dtype.is_signed or classes.dtype == torch.uint8):
             raise TypeError(f"target must hold integer class indices, got dtype {classes.dtype}")
+        if classes.ndim != 1:
+            raise ValueError(f"target must be a single class or one class per sample, got shape {tuple(classes.shape)}")
         if len(classes) != batch:
             raise ValueError(
                 f"target has {len(classes)} entries but the batch has {batch} samples; "
@@ -52,6 +73,22 @@ def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
     if ((classes < 0) | (classes >= num_classes)).any():
         raise ValueError(f"target classes must lie in [0, {num_classes}), got {classes.tolist()}")
     return classes
+
+
+def as_baseline(baseline, x: torch.Tensor) -> torch.Tensor:
+    """``baseline`` (a number or a tensor broadcastable to ``x``) as a finite tensor with
+    ``x``'s dtype and device, not expanded."""
+    try:
+        base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+        fits = torch.broadcast_shapes(base.shape, x.shape) == x.shape
+    except (TypeError, ValueError, RuntimeError):
+        fits = False
+    if not fits:
+        raise ValueError(f"baseline must be a number or a tensor broadcastable to x {tuple(x.shape)}, "
+                         f"got {baseline!r}")
+    if not torch.isfinite(base).all():
+        raise ValueError("baseline contains NaN or infinite values")
+    return base
 
 
 def fast_layout(x: torch.Tensor) -> torch.Tensor:
@@ -82,19 +119,69 @@ def model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def as_logits(output, batch: int) -> torch.Tensor:
+    """The class scores [B, classes] in a model's ``output``, by one rule for every method:
+
+    - a tensor is the scores itself;
+    - an object with a ``.logits`` attribute (HuggingFace's model outputs), or a dict with the
+      key ``"logits"``, gives that;
+    - a tuple or list gives its first element (torchvision's Inception and GoogLeNet outputs
+      and ``return_dict=False`` outputs put the scores first).
+
+    Anything else, or scores that are not [B, classes], is a ``ValueError`` that says how to
+    wrap the model."""
+    scores = output
+    if isinstance(output, dict) or hasattr(output, "logits"):
+        scores = output.get("logits") if isinstance(output, dict) else output.logits
+    elif isinstance(output, (tuple, list)) and output:
+        scores = output[0]
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 2 or scores.shape[0] != batch:
+        what = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(output).__name__
+        if isinstance(output, dict):
+            what = f"a dict with keys {sorted(map(str, output))}"
+        raise ValueError(
+            f"the model must return class scores [B, classes] for a batch of {batch}; it returned {what}. "
+            "Wrap it so that forward returns the scores, e.g. "
+            "nn.Sequential(model, vislib.conventions.Pick('out')) for a dict output"
+        )
+    return scores
+
+
+class Pick(nn.Module):
+    """Picks one entry of a model's output (a dict key or a tuple index), so that a model with
+    a structured output can be wrapped into one that returns class scores."""
+
+    def __init__(self, key):
+        super().__init__()
+        self.key = key
+
+    def forward(self, output):
+        return output[self.key]
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype the model computes in (float32 for a model without float parameters)."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return param.dtype if param is not None else torch.float32
+
+
 def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's class scores [B, classes]; any other output shape is a clear error."""
-    logits = model(x)
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"the model must return class scores [B, classes]; it returned {shape}")
-    return logits
+    """The model's class scores [B, classes] for ``x`` (see ``as_logits`` for the rule)."""
+    return as_logits(model(x), x.shape[0])
 
 
 def predicted_or_given(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     """``target`` resolved against the model's prediction on ``x`` (one forward pass, no grad)."""
     with torch.no_grad():
         return resolve_target(target, logits_of(model, model_input(x)))
+
+
+def check_positive_int(value, name: str) -> int:
+    """``value`` when it is a positive int (numpy integers too, not bools); else a ValueError
+    that names the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 PIXELS_PER_PASS = 2**18
@@ -114,7 +201,7 @@ def copies_per_pass(x: torch.Tensor, batch_size: int | None = None, backward: bo
     the fastest (0.99 ms per image; 1.02 ms in batches of 16, 1.20 ms in batches of 8). One
     occlusion map at 224 px (forward passes only): 3.5 s in batches of 6, 3.8 s in batches of 3."""
     if batch_size is not None:
-        return batch_size
+        return check_positive_int(batch_size, "batch_size")
     if x.device.type != "cpu":
         return 64
     pixels = PIXELS_PER_PASS // 2 if backward else PIXELS_PER_PASS

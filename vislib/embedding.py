@@ -16,7 +16,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from vislib.conventions import copies_per_pass, model_device, model_input, reuse_freed_memory
-from vislib.hooks import frozen, layer_name
+from vislib.hooks import frozen, layer_name, uses_model
 
 METRICS = ("cosine", "euclidean")
 METHODS = ("pca", "tsne", "umap")
@@ -146,7 +146,6 @@ def stream_layers(model: nn.Module, data, layers, batch_size: int | None = None,
         if not names:
             raise ValueError("give at least one layer")
     with frozen(model), torch.no_grad():
-        model.eval()
         with _recording(model, names, pre, reduce) as seen, _stop_when_seen(model, names, seen) as end_of_batch:
             for x in batches(data, batch_size, progress, desc):
                 seen.clear()
@@ -155,9 +154,14 @@ def stream_layers(model: nn.Module, data, layers, batch_size: int | None = None,
                 except _Enough:
                     pass
                 end_of_batch()
+                missing = [n for n in names if n not in seen]
+                if missing:
+                    raise ValueError(f"layer {missing[0]!r} did not run in the model's forward pass; "
+                                     "choose a layer that the model's forward uses")
                 yield x, {n: seen[n] for n in names}
 
 
+@uses_model
 def extract(model: nn.Module, data, layer=None, batch_size: int | None = None, pool: str | None = None,
             progress: bool = True):
     """Features of a whole dataset, one row per image, in one streaming pass.

@@ -8,7 +8,9 @@ also when the body raises) is kept in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -114,28 +116,47 @@ def capture(model: nn.Module, layers, grads: bool = False):
             module.training = training  # this module only: .train() would recurse into children
 
 
+_frozen_now: set[int] = set()  # id() of each model inside ``frozen`` right now
+
+
 @contextmanager
 def frozen(model: nn.Module):
-    """Use ``model`` as a fixed function inside the block, then hand it back untouched.
+    """The one context through which vislib enters a user's model: inside the block the model
+    is a fixed function, and afterwards it is handed back untouched.
 
-    Parameters are set to ``requires_grad=False`` for the block, so a backward pass reaches
-    the input without accumulating into any parameter's ``.grad``; gradients are enabled
-    even when the caller is inside ``torch.no_grad()``. On exit, also after an exception,
-    each parameter's ``requires_grad`` and ``.grad``, each module's mode, and the buffers
-    (a model in train mode updates BatchNorm's running statistics on every forward pass)
-    are restored.
+    - every module is in eval mode, so an explanation of a model in train mode is that of its
+      eval mode: BatchNorm uses (and never updates) its running statistics, dropout is off, and
+      one image gives the same map alone as inside a batch;
+    - parameters have ``requires_grad=False``, so a backward pass reaches the input without
+      accumulating into any parameter's ``.grad``;
+    - gradients are on, even when the caller is inside ``torch.no_grad()`` or
+      ``torch.inference_mode()``.
+
+    On exit, also after an exception, each parameter's ``requires_grad`` and ``.grad``, each
+    module's train/eval flag and every buffer are as they were. Entering a model that is
+    already inside ``frozen`` costs nothing: the outer block restores it.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if id(model) in _frozen_now:
+        with torch.inference_mode(False), torch.enable_grad():
+            yield model
+        return
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     modes = {m: m.training for m in model.modules()}
+    _frozen_now.add(id(model))
     try:
+        for module in modes:
+            module.training = False
         for p in params:
             p.requires_grad_(False)
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             yield model
     finally:
+        _frozen_now.discard(id(model))
         for p, flag, grad in zip(params, flags, grads):
             p.requires_grad_(flag)
             p.grad = grad
@@ -144,6 +165,31 @@ def frozen(model: nn.Module):
                 buffer.copy_(saved)
         for module, training in modes.items():
             module.training = training  # this module only: .train() would recurse into children
+
+
+def uses_model(method):
+    """Decorator for every vislib method that runs a user's model (its first argument): the
+    whole call runs inside ``frozen``, and a result that holds NaN or Inf is an error instead
+    of a silent wrong answer."""
+
+    @functools.wraps(method)
+    def run(model, *args, **kwargs):
+        with frozen(model):
+            result = method(model, *args, **kwargs)
+        _check_finite(result, method.__name__)
+        return result
+
+    return run
+
+
+def _check_finite(result, name: str) -> None:
+    tensors = [result] if isinstance(result, torch.Tensor) else (
+        [getattr(result, f.name) for f in dataclasses.fields(result)] if dataclasses.is_dataclass(result)
+        else list(result) if isinstance(result, tuple) else [])
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{name} computed NaN or infinite values: the model's scores or gradients overflow "
+                             "for this input (check the model's weights and dtype, and the input's scale)")
 
 
 def count_hooks(model: nn.Module) -> int:

@@ -23,8 +23,15 @@ from scipy.stats import rankdata
 from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
-from vislib.conventions import as_batch, copies_per_pass, predicted_or_given, selected_scores
-from vislib.hooks import layer_name
+from vislib.conventions import (
+    as_baseline,
+    as_batch,
+    check_positive_int,
+    copies_per_pass,
+    predicted_or_given,
+    selected_scores,
+)
+from vislib.hooks import layer_name, uses_model
 from vislib.plot import normalize_map, to_numpy
 from vislib.saliency import logits_of_copies, to_heatmap
 
@@ -117,6 +124,7 @@ def random_maps(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
 # --------------------------------------------------------------------------- faithfulness
 
 
+@uses_model
 def perturbation_curve(model: nn.Module, images, maps, target=None, mode: str = "deletion", steps: int = 32,
                        baseline=0.0, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
     """The class probability [B, steps+1] as pixels are changed in the map's order, most
@@ -127,21 +135,20 @@ def perturbation_curve(model: nn.Module, images, maps, target=None, mode: str = 
 
     The score is the softmax probability of ``target`` (default: the prediction on the image).
     Ties in the map are broken by pixel position (row by row)."""
-    images = as_batch(images)
+    images = as_batch(images, "images")
     maps = _as_maps(maps).to(images.device)
     if maps.shape != (images.shape[0], *images.shape[-2:]):
         raise ValueError(f"maps {tuple(maps.shape)} must be [B,H,W] for images {tuple(images.shape)}")
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = check_positive_int(steps, "steps")
     classes = predicted_or_given(model, images, target)
     batch, pixels = images.shape[0], images.shape[-2] * images.shape[-1]
     order = maps.flatten(1).argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(pixels, device=images.device).expand(batch, -1))
     rank = rank.view(batch, *images.shape[-2:])
     changed = torch.round(torch.arange(steps + 1, device=images.device) * pixels / steps).long()
-    base = torch.as_tensor(baseline, dtype=images.dtype, device=images.device).expand_as(images)
+    base = as_baseline(baseline, images).expand_as(images)
     start, end = (images, base) if mode == "deletion" else (base, images)
 
     def perturb(copies, index):
@@ -224,6 +231,7 @@ def _rank_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1.0), 0.0)
 
 
+@uses_model
 def randomization_test(model: nn.Module, x, method, target=None, layers=None, reduce: str = "abs_max", seed: int = 0,
                        progress: bool = True) -> RandomizationResult:
     """Cascading model-parameter randomisation (Adebayo et al. 2018, "Sanity checks for saliency

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm, trange
 
-from vislib.conventions import as_batch, model_device, resolve_target
-from vislib.hooks import capture, frozen, get_layer, layer_name
+from vislib.conventions import as_batch, as_logits, model_device, model_dtype, resolve_target
+from vislib.hooks import capture, get_layer, layer_name, uses_model
 from vislib.models import IMAGENET_MEAN, IMAGENET_STD
 
 # --------------------------------------------------------------------------- objectives
@@ -119,12 +119,12 @@ def _evaluate(model: nn.Module, x: torch.Tensor, terms) -> torch.Tensor:
     handles = [module.register_forward_hook(hook) for module in by_module]
     try:
         try:
-            logits = model(x)
+            output = model(x.to(model_dtype(model)))
         except _EnoughSeen:
-            logits = None
+            output = None
         for i, term in enumerate(terms):
             if term.layer is None:
-                values[i] = term.reduce(logits)
+                values[i] = term.reduce(as_logits(output, len(x)))
     finally:
         for handle in handles:
             handle.remove()
@@ -334,6 +334,7 @@ def _check_number(name, value, low=0.0, integer=False):
 # --------------------------------------------------------------------------- visualize
 
 
+@uses_model
 def visualize(model: nn.Module, objective: Objective, size: int = 64, steps: int = 256, lr: float = 0.05,
               seed: int = 0, batch: int = 1, param: str = "fourier", init="noise", l2: float = 0.0,
               tv: float = 0.0, blur_every: int = 0, blur_sigma: float = 0.5, jitter: int = 2, scale: float = 0.05,
@@ -378,21 +379,20 @@ def visualize(model: nn.Module, objective: Objective, size: int = 64, steps: int
     optimizer = torch.optim.Adam([image.param], lr=lr)
     blur_kernel = 2 * math.ceil(3 * blur_sigma) + 1
 
-    with frozen(model):
-        model.eval()
-        for step in trange(steps, desc="visualize", disable=not progress, leave=False):
-            if blur_every and step > 0 and step % blur_every == 0:
-                image.set_rgb(gaussian_blur(image.rgb().detach(), blur_kernel, blur_sigma))
-            rgb = image.rgb()
-            score = _evaluate(model, space.to_input(_random_transform(rgb, gen, jitter, scale, rotate)),
-                              objective.terms)
-            penalty = l2 * (rgb - 0.5).square().flatten(1).sum(1) + tv * total_variation(rgb)
-            optimizer.zero_grad()
-            (penalty - score).sum().backward()
-            optimizer.step()
-        return space.to_input(image.rgb()).detach()
+    for step in trange(steps, desc="visualize", disable=not progress, leave=False):
+        if blur_every and step > 0 and step % blur_every == 0:
+            image.set_rgb(gaussian_blur(image.rgb().detach(), blur_kernel, blur_sigma))
+        rgb = image.rgb()
+        score = _evaluate(model, space.to_input(_random_transform(rgb, gen, jitter, scale, rotate)),
+                          objective.terms)
+        penalty = l2 * (rgb - 0.5).square().flatten(1).sum(1) + tv * total_variation(rgb)
+        optimizer.zero_grad()
+        (penalty - score).sum().backward()
+        optimizer.step()
+    return space.to_input(image.rgb()).detach().to(model_dtype(model))
 
 
+@uses_model
 def invert(model: nn.Module, image: torch.Tensor, layer, steps: int = 200, lr: float = 0.05, tv: float = 1e-3,
            l2: float = 0.0, param: str = "pixel", init="noise", seed: int = 0, normalize: bool = False,
            progress: bool = True) -> torch.Tensor:
@@ -405,9 +405,8 @@ def invert(model: nn.Module, image: torch.Tensor, layer, steps: int = 200, lr: f
     image = as_batch(image)
     if image.shape[-1] != image.shape[-2]:
         raise ValueError(f"invert needs square images, got {tuple(image.shape[-2:])}")
-    with frozen(model), capture(model, layer) as recording:
-        model.eval()
-        model(image.to(model_device(model)))
+    with capture(model, layer) as recording:
+        model(image.to(model_device(model), model_dtype(model)))
     target = recording[layer_name(model, layer)]
     result = visualize(model, _feature_match(layer, target), size=image.shape[-1], steps=steps, lr=lr, seed=seed,
                        batch=len(image), param=param, init=init, l2=l2, tv=tv, jitter=0, scale=0.0, rotate=0.0,
@@ -418,6 +417,7 @@ def invert(model: nn.Module, image: torch.Tensor, layer, steps: int = 200, lr: f
 # --------------------------------------------------------------------------- DeepDream
 
 
+@uses_model
 def deep_dream(model: nn.Module, image: torch.Tensor, layer, octaves: int = 3, octave_scale: float = 1.4,
                steps: int = 10, lr: float = 0.02, jitter: int = 4, seed: int = 0, normalize: bool = False,
                progress: bool = True) -> torch.Tensor:
@@ -444,8 +444,7 @@ def deep_dream(model: nn.Module, image: torch.Tensor, layer, octaves: int = 3, o
     h, w = base.shape[-2:]
     sizes = [(max(8, round(h / octave_scale**i)), max(8, round(w / octave_scale**i))) for i in range(octaves)][::-1]
     detail = torch.zeros_like(base)
-    with frozen(model), tqdm(total=octaves * steps, desc="deep_dream", disable=not progress, leave=False) as bar:
-        model.eval()
+    with tqdm(total=octaves * steps, desc="deep_dream", disable=not progress, leave=False) as bar:
         for size in sizes:
             octave_base = F.interpolate(base, size=size, mode="bilinear", align_corners=False, antialias=True)
             detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
@@ -459,4 +458,4 @@ def deep_dream(model: nn.Module, image: torch.Tensor, layer, octaves: int = 3, o
                 dream = (dream + lr * step).clamp(0, 1)
                 bar.update()
             detail = dream - octave_base
-    return space.to_input(dream).detach()
+    return space.to_input(dream).detach().to(image.dtype)

@@ -20,6 +20,8 @@ changed, also with inplace ReLUs, frozen parameters, or a caller inside ``torch.
 
 from __future__ import annotations
 
+import math
+import numbers
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -28,7 +30,9 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from vislib.conventions import (
+    as_baseline,
     as_batch,
+    check_positive_int,
     copies_per_pass,
     fast_layout,
     logits_of,
@@ -38,7 +42,7 @@ from vislib.conventions import (
     reuse_freed_memory,
     selected_scores,
 )
-from vislib.hooks import frozen
+from vislib.hooks import uses_model
 
 HEATMAP_REDUCTIONS = ("abs_max", "square_sum", "abs_sum", "sum")
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
@@ -49,8 +53,7 @@ IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_rig
 
 def batch_slices(total: int, batch_size: int, progress: bool = True, desc: str = ""):
     """Slices ``[0, total)`` in chunks of ``batch_size``, with a progress bar over the chunks."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = check_positive_int(batch_size, "batch_size")
     reuse_freed_memory()
     starts = range(0, total, batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False):
@@ -147,7 +150,7 @@ def relu_rule(model: nn.Module, rule: str):
 def _input_gradient(model: nn.Module, x, target, rule: str | None = None) -> torch.Tensor:
     """d score(target) / d x for a batch, with the plain ReLU backward or a modified ``rule``."""
     x = as_batch(x)
-    with frozen(model), (relu_rule(model, rule) if rule is not None else nullcontext()):
+    with relu_rule(model, rule) if rule is not None else nullcontext():
         inputs = x.detach().requires_grad_(True)  # a new tensor object: the caller's x is not marked
         logits = logits_of(model, model_input(inputs))  # a copy, which a first layer working inplace may overwrite
         scores = selected_scores(logits, resolve_target(target, logits))
@@ -158,43 +161,50 @@ def _input_gradient(model: nn.Module, x, target, rule: str | None = None) -> tor
 # --------------------------------------------------------------------------- backpropagation
 
 
+@uses_model
 def gradient(model: nn.Module, x, target=None) -> torch.Tensor:
     """Vanilla gradient (Simonyan et al. 2014): d score / d x, signed, shaped like ``x``."""
     return _input_gradient(model, x, target)
 
 
+@uses_model
 def deconvnet(model: nn.Module, x, target=None) -> torch.Tensor:
     """Deconvnet (Zeiler & Fergus 2014): at every ReLU only positive gradient passes back,
     whatever the forward activation was. Signed, shaped like ``x``."""
     return _input_gradient(model, x, target, rule="deconvnet")
 
 
+@uses_model
 def guided_backprop(model: nn.Module, x, target=None) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015): at every ReLU only positive gradient
     passes back, and only where the forward activation was positive. Signed, shaped like ``x``."""
     return _input_gradient(model, x, target, rule="guided")
 
 
+@uses_model
 def smoothgrad(model: nn.Module, x, target=None, samples: int = 25, noise: float = 0.15, method=gradient,
                seed: int = 0, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): the mean of ``method``'s maps over ``samples`` noisy
     copies of each image; the noise's standard deviation is ``noise`` times the image's value
     range (max - min). ``target=None`` uses the prediction on the clean image for every copy.
-    ``batch_size`` copies share one pass (default: ``copies_per_pass``)."""
+    ``batch_size`` copies share one pass (default: ``copies_per_pass``).
+
+    Noisy copy number s of every image uses the same noise pattern, drawn from ``seed`` (scaled
+    by the image's own range), so an image gets the same map alone as inside any batch."""
     x = as_batch(x)
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+    samples = check_positive_int(samples, "samples")
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0 <= noise < math.inf:
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     classes = predicted_or_given(model, x, target)
-    generator = torch.Generator().manual_seed(seed)
+    patterns = torch.randn((samples, *x.shape[1:]), generator=torch.Generator().manual_seed(seed))
+    patterns = patterns.to(x.device, x.dtype)
     sigma = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
     batch = x.shape[0]
     total = torch.zeros_like(x)
     for part in batch_slices(samples * batch, copies_per_pass(x, batch_size, backward=True), progress, "smoothgrad"):
-        owner = torch.arange(part.start, part.stop, device=x.device) % batch
-        draws = torch.randn((part.stop - part.start, *x.shape[1:]), generator=generator).to(x.device, x.dtype)
-        noisy = x.index_select(0, owner) + draws * sigma[owner].view(-1, 1, 1, 1)
+        index = torch.arange(part.start, part.stop, device=x.device)
+        sample, owner = index // batch, index % batch
+        noisy = x.index_select(0, owner) + patterns.index_select(0, sample) * sigma[owner].view(-1, 1, 1, 1)
         total.index_add_(0, owner, method(model, noisy, target=classes[owner]))
     return total / samples
 
@@ -217,6 +227,7 @@ def _path_weights(steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
     return np.linspace(start, start + 1 - 1 / steps, steps), weights
 
 
+@uses_model
 def integrated_gradients(model: nn.Module, x, target=None, baseline=0.0, steps: int = 50,
                          method: str = "gausslegendre", batch_size: int | None = None,
                          progress: bool = True) -> torch.Tensor:
@@ -228,29 +239,27 @@ def integrated_gradients(model: nn.Module, x, target=None, baseline=0.0, steps: 
     x = as_batch(x)
     if method not in IG_METHODS:
         raise ValueError(f"method must be one of {IG_METHODS}, got {method!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = check_positive_int(steps, "steps")
     classes = predicted_or_given(model, x, target)
-    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
+    base = as_baseline(baseline, x).expand_as(x)
     alphas, weights = (torch.as_tensor(a, dtype=x.dtype, device=x.device) for a in _path_weights(steps, method))
     batch, difference = x.shape[0], x - base
     # the path's start and direction in the layout the model reads fastest; rows gathered from them keep it
     start, direction = fast_layout(base.detach().contiguous()), fast_layout(difference.detach())
     total = torch.zeros_like(x)
-    with frozen(model):  # once for all passes
-        for part in batch_slices(steps * batch, copies_per_pass(x, batch_size, backward=True), progress,
-                                 "integrated gradients"):
-            index = torch.arange(part.start, part.stop, device=x.device)
-            step, owner = index // batch, index % batch
-            # The gradient is taken at each point's start: d point / d start = 1, so it is the gradient at
-            # the point, and the model reads the point itself, a new tensor, with no copy made for it.
-            starts = start[owner].requires_grad_(True)
-            points = torch.addcmul(starts, alphas[step].view(-1, 1, 1, 1), direction[owner])
-            scores = selected_scores(logits_of(model, points), classes[owner])
-            (grads,) = torch.autograd.grad(scores.sum(), starts)
-            # index_add_ reads a source in the usual layout 5x faster than a channels-last one
-            weighted = grads.mul_(weights[step].view(-1, 1, 1, 1)).contiguous()
-            total.index_add_(0, owner, weighted)
+    for part in batch_slices(steps * batch, copies_per_pass(x, batch_size, backward=True), progress,
+                             "integrated gradients"):
+        index = torch.arange(part.start, part.stop, device=x.device)
+        step, owner = index // batch, index % batch
+        # The gradient is taken at each point's start: d point / d start = 1, so it is the gradient at
+        # the point, and the model reads the point itself, a new tensor, with no copy made for it.
+        starts = start[owner].requires_grad_(True)
+        points = torch.addcmul(starts, alphas[step].view(-1, 1, 1, 1), direction[owner])
+        scores = selected_scores(logits_of(model, points), classes[owner])
+        (grads,) = torch.autograd.grad(scores.sum(), starts)
+        # index_add_ reads a source in the usual layout 5x faster than a channels-last one
+        weighted = grads.mul_(weights[step].view(-1, 1, 1, 1)).contiguous()
+        total.index_add_(0, owner, weighted)
     return difference * total
 
 
@@ -258,10 +267,12 @@ def integrated_gradients(model: nn.Module, x, target=None, baseline=0.0, steps: 
 
 
 def _pair(value, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
+    """``value`` as (height, width): one positive int for both, or a pair of them."""
+    pair = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+                                 for v in pair):
         raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    return pair
+    return int(pair[0]), int(pair[1])
 
 
 def _window_cover(size: int, window: int, stride: int, device) -> torch.Tensor:
@@ -274,6 +285,7 @@ def _window_cover(size: int, window: int, stride: int, device) -> torch.Tensor:
     return (pixels >= starts) & (pixels < starts + window)
 
 
+@uses_model
 def occlusion(model: nn.Module, x, target=None, window=8, stride=4, baseline=0.0, batch_size: int | None = None,
               progress: bool = True) -> torch.Tensor:
     """Occlusion (Zeiler & Fergus 2014) as defined by Captum's ``Occlusion``: slide a
@@ -293,7 +305,10 @@ def occlusion(model: nn.Module, x, target=None, window=8, stride=4, baseline=0.0
         raise ValueError(f"window {win_h}x{win_w} is larger than the image {height}x{width}")
     rows = _window_cover(height, win_h, step_h, x.device)
     cols = _window_cover(width, win_w, step_w, x.device)
-    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    if not (rows.any(0).all() and cols.any(0).all()):  # Captum refuses this too
+        raise ValueError(f"stride {step_h}x{step_w} is larger than window {win_h}x{win_w}: pixels between "
+                         "windows would never be occluded; use a stride <= the window")
+    base = as_baseline(baseline, x)
     if base.ndim > 0:
         base = base.expand_as(x)
     batch, positions = x.shape[0], rows.shape[0] * cols.shape[0]

@@ -25,8 +25,8 @@ from ipywidgets import widgets
 
 from vislib import activations, embedding, optimize, saliency
 from vislib import cam as cam_methods
-from vislib.conventions import as_batch
-from vislib.hooks import capture, get_layer
+from vislib.conventions import as_batch, logits_of
+from vislib.hooks import capture, frozen, get_layer
 from vislib.models import deprocess
 from vislib.plot import embedding_scatter, overlay, to_image, to_numpy
 
@@ -116,8 +116,8 @@ def _class_options(names: list[str]) -> list[tuple[str, int | str]]:
 
 
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(x).softmax(1)
+    with frozen(model), torch.no_grad():
+        return logits_of(model, x).softmax(1)
 
 
 def _index_slider(images: torch.Tensor, index: int = 0) -> widgets.IntSlider:
@@ -199,7 +199,7 @@ def activation_figure(model: nn.Module, images, layer, channel: int = 0, index: 
     images = _check_images(images)
     index = _check_index(index, images)
     top = activations.top_patches(model, images, layer, k=k, channels=[channel], progress=progress)
-    with capture(model, [top.layer]) as recording, torch.no_grad():
+    with frozen(model), capture(model, [top.layer]) as recording, torch.no_grad():
         model(images[index : index + 1])
     feature_map = recording[top.layer][0, channel]
     pictures = images if to_picture is None else to_picture(images)
@@ -239,7 +239,7 @@ def activation_explorer(model: nn.Module, images, layers=None, k: int = 9, to_pi
 
 def _channels(model: nn.Module, layer: str, images: torch.Tensor) -> int:
     """How many channels ``layer`` outputs (one forward pass of one image)."""
-    with capture(model, [layer]) as recording, torch.no_grad():
+    with frozen(model), capture(model, [layer]) as recording, torch.no_grad():
         model(images[:1])
     return recording[layer].shape[1]
 
@@ -363,8 +363,8 @@ def class_visualization_figure(model: nn.Module, target: int = 0, l2: float = 0.
     image = optimize.visualize(model, optimize.class_logit(target), size=size, steps=steps, l2=l2, tv=tv,
                                blur_every=blur_every, jitter=jitter, param=param, normalize=normalize, seed=seed,
                                progress=progress)
-    with torch.no_grad():
-        logits = model(image)
+    with frozen(model), torch.no_grad():
+        logits = logits_of(model, image)
     probability = logits.softmax(1)[0, target]
     fig, axis = plt.subplots(figsize=(3.6, 3.9))
     axis.imshow(to_image((deprocess(image) if normalize else image)[0]))
