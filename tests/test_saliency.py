@@ -195,8 +195,8 @@ def test_integrated_gradients_of_a_linear_model_is_exact():
 
 
 def test_smoothgrad_averages_gradients_over_seeded_noise():
-    """score = sum(x^2) has gradient 2x, so SmoothGrad is 2 * mean(x + noise); the noise is drawn
-    from the seed in sample-major order, with std = noise * (max - min) of each image."""
+    """score = sum(x^2) has gradient 2x, so SmoothGrad is 2 * mean(x + noise); noisy copy s of
+    every image uses pattern s drawn from the seed, scaled by noise * (max - min) of the image."""
 
     class SquareSum(nn.Module):
         def forward(self, x):
@@ -204,12 +204,15 @@ def test_smoothgrad_averages_gradients_over_seeded_noise():
 
     x = torch.rand(3, 2, 4, 4)
     sigma = 0.2 * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
-    draws = torch.randn((5 * 3, 2, 4, 4), generator=torch.Generator().manual_seed(7)).view(5, 3, 2, 4, 4)
-    expected = 2 * (x + (draws * sigma.view(1, 3, 1, 1, 1)).mean(0))
+    patterns = torch.randn((5, 2, 4, 4), generator=torch.Generator().manual_seed(7))
+    expected = 2 * (x + patterns.mean(0) * sigma.view(3, 1, 1, 1))
     for batch_size in (4, 64):
         result = saliency.smoothgrad(SquareSum(), x, target=0, samples=5, noise=0.2, seed=7, batch_size=batch_size,
                                      progress=False)
         assert torch.allclose(result, expected, atol=1e-5)
+        alone = saliency.smoothgrad(SquareSum(), x[1:2], target=0, samples=5, noise=0.2, seed=7,
+                                    batch_size=batch_size, progress=False)
+        assert torch.allclose(alone, expected[1:2], atol=1e-5)  # the same map alone as inside the batch
     other_seed = saliency.smoothgrad(SquareSum(), x, target=0, samples=5, noise=0.2, seed=8, progress=False)
     assert not torch.allclose(other_seed, expected, atol=1e-3)
 
