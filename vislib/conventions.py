@@ -1,11 +1,16 @@
 """The input conventions every vislib method follows, checked in one place.
 
-- ``x``: a float tensor [B,C,H,W] already normalised for the model; [C,H,W] is a batch of one.
-- ``target``: ``None`` = each sample's predicted class; an ``int`` = that class for every
-  sample; a sequence or tensor of length B = one class per sample. Anything else is an error,
-  never silently truncated or broadcast.
+- ``x``: a float tensor [B,C,H,W] of finite values, already normalised for the model; [C,H,W]
+  is a batch of one. An empty batch, NaN or Inf is a ``ValueError`` that names the argument.
+- ``target``: ``None`` = each sample's predicted class; an int (Python, numpy or a 0-d tensor)
+  = that class for every sample; a 1-D sequence or tensor of length B = one class per sample.
+  Anything else is an error, never silently truncated or broadcast.
+- the model's output: the class scores [B, classes], or a tuple, dict or object holding them
+  (``as_logits`` gives the one rule).
 - ``batch_size=None``: as many images per forward pass as runs fastest (``copies_per_pass``).
-"""
+
+How a method enters the model (eval mode, frozen parameters, everything restored) is
+``vislib.hooks.frozen``, applied to every method by ``vislib.hooks.uses_model``."""
 
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
 """Looking inside a model without changing it: layers by name, recorded activations and
-gradients, and a guard that hands the model back exactly as it was.
+gradients, and the one context through which every vislib method enters a user's model.
 
-Every other module of vislib reaches into models through these three tools, so the promise
-"nothing is left behind" (no hook, no changed ``requires_grad``, ``.grad`` or train/eval mode,
-also when the body raises) is kept in one place.
-"""
+The rule, kept here in one place: every method that runs a user's model is decorated with
+``uses_model``, so it runs inside ``frozen``: the model is in eval mode (an explanation of a
+model in train mode is that of its eval mode; BatchNorm statistics never change, dropout is
+off), its parameters are frozen, gradients work even under ``torch.no_grad()`` or
+``torch.inference_mode()``, and on exit, also when the call raises, no hook is left and
+every ``requires_grad``, ``.grad``, train/eval flag and buffer is as it was."""
 
 from __future__ import annotations
 
