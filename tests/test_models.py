@@ -1,4 +1,5 @@
 import json
+import re
 import socket
 
 import numpy as np
@@ -13,11 +14,14 @@ from vislib.models import (
     WeightsError,
     deprocess,
     file_sha256,
+    prepare_test_cache,
     preprocess,
     pretrained_available,
     shapes_net,
+    stand_in_weights,
     torchvision_model,
     verified_state_dict,
+    write_stand_in_weights,
 )
 from vislib.train import HELD_OUT_SEED, accuracy
 
@@ -50,6 +54,38 @@ def test_wrong_sha256_is_a_clear_error(tmp_path, monkeypatch):
         verified_state_dict(weights, json.loads(models.METADATA_FILE.read_text())["sha256"])
     monkeypatch.setattr(models, "WEIGHTS_FILE", weights)
     with pytest.raises(WeightsError, match="corrupt"):
+        shapes_net()
+
+
+def test_short_or_malformed_expected_sha256_is_refused(tmp_path, monkeypatch):
+    # One matching hex digit used to be enough: a tampered file passes 1 time in 16.
+    weights = tmp_path / "shapes_net.pt"
+    weights.write_bytes(models.WEIGHTS_FILE.read_bytes() + b"tampered")
+    digest = file_sha256(weights)
+    for expected in [digest[:1], digest[:63], "", "g" * 64, digest + "0"]:
+        with pytest.raises(WeightsError, match="64 hex digits"):
+            verified_state_dict(weights, expected)
+    # torchvision's file names carry 8 hex digits: that many are enough there, fewer are not.
+    assert verified_state_dict(weights, digest[:8].upper(), min_digits=8).keys()
+    for expected in [digest[:7], "f37072fz"]:
+        with pytest.raises(WeightsError, match="8 to 64 hex digits"):
+            verified_state_dict(weights, expected, min_digits=8)
+    # ShapesNet's record must hold the whole digest.
+    record = tmp_path / "shapes_net.json"
+    record.write_text(json.dumps({"sha256": digest[:1]}))
+    monkeypatch.setattr(models, "WEIGHTS_FILE", weights)
+    monkeypatch.setattr(models, "METADATA_FILE", record)
+    with pytest.raises(WeightsError, match="make weights"):
+        shapes_net()
+
+
+@pytest.mark.parametrize("text, problem", [('{"file": "shapes_net.pt"}', 'no "sha256"'), ("[]", 'no "sha256"'),
+                                           ('{"sha256": "73', "not valid JSON")])
+def test_broken_record_is_a_clear_error(tmp_path, monkeypatch, text, problem):
+    record = tmp_path / "shapes_net.json"
+    record.write_text(text)
+    monkeypatch.setattr(models, "METADATA_FILE", record)
+    with pytest.raises(WeightsError, match=f"{problem}.*git checkout data/.*make weights"):
         shapes_net()
 
 
@@ -91,12 +127,96 @@ def test_offline_imagenet_request_is_a_clear_error_without_network(offline_empty
         models.download("resnet18")
 
 
-def test_cached_imagenet_file_with_wrong_hash_is_refused(offline_empty_cache):
+def test_cached_imagenet_file_with_wrong_hash_is_refused_with_download_advice(offline_empty_cache):
     offline_empty_cache.mkdir(parents=True)
     (offline_empty_cache / "resnet18-f37072fd.pth").write_bytes(b"not the real weights")
     assert pretrained_available("resnet18")
-    with pytest.raises(WeightsError, match="sha256"):
+    with pytest.raises(WeightsError, match="sha256") as error:
         torchvision_model("resnet18")
+    assert "Delete it" in str(error.value) and "python -m vislib.models download resnet18" in str(error.value)
+    assert "make weights" not in str(error.value)
+
+
+def test_empty_file_or_directory_is_not_available(offline_empty_cache):
+    offline_empty_cache.mkdir(parents=True)
+    (offline_empty_cache / "resnet18-f37072fd.pth").touch()
+    (offline_empty_cache / "resnet50-11ad3fa6.pth").mkdir()
+    assert not pretrained_available("resnet18") and not pretrained_available("resnet50")
+    with pytest.raises(WeightsError, match="missing or empty"):
+        torchvision_model("resnet18")
+
+
+# --------------------------------------------------------------------------- stand-in weights
+STAND_IN = "squeezenet1_0"  # the smallest of torchvision's ImageNet models: quick to write
+
+
+@pytest.fixture
+def stand_in(offline_empty_cache, monkeypatch):
+    """A stand-in for STAND_IN written into the empty cache, VISLIB_STAND_IN_WEIGHTS unset; its sha256."""
+    monkeypatch.delenv(models.STAND_IN_VARIABLE, raising=False)
+    return write_stand_in_weights(STAND_IN, offline_empty_cache.parent.parent)
+
+
+def test_stand_in_is_a_seeded_random_model_loadable_without_unpickling_objects(stand_in, offline_empty_cache):
+    (path,) = offline_empty_cache.iterdir()
+    assert path.name == "squeezenet1_0-b66bff10.pth" and file_sha256(path) == stand_in
+    state = torch.load(path, weights_only=True)
+    random = torchvision_model(STAND_IN, pretrained=False).state_dict()
+    assert state.keys() == random.keys() and all(torch.equal(state[k], random[k]) for k in state)
+    with pytest.raises(FileExistsError):  # never over real weights
+        write_stand_in_weights(STAND_IN, offline_empty_cache.parent.parent)
+
+
+@pytest.mark.parametrize("variable", [None, "", "0" * 64])
+def test_stand_in_is_refused_unless_its_sha256_is_listed(stand_in, monkeypatch, variable):
+    if variable is not None:
+        monkeypatch.setenv(models.STAND_IN_VARIABLE, variable)
+    with pytest.raises(WeightsError, match="has sha256 .*expected b66bff10"):
+        torchvision_model(STAND_IN)
+    assert not stand_in_weights(STAND_IN)
+
+
+@pytest.mark.parametrize("variable", ["1", "true", "prefix8", "prefix63", "plus1"])
+def test_stand_in_override_takes_nothing_but_full_digests(stand_in, monkeypatch, variable):
+    # The override cannot be switched on by accident: a flag or a prefix is an error, not a yes.
+    value = {"prefix8": stand_in[:8], "prefix63": stand_in[:63], "plus1": stand_in + "0"}.get(variable, variable)
+    monkeypatch.setenv(models.STAND_IN_VARIABLE, value)
+    for call in (torchvision_model, stand_in_weights):
+        with pytest.raises(WeightsError, match="must list full sha256 digests"):
+            call(STAND_IN)
+
+
+def test_listed_stand_in_loads_with_a_warning_and_says_so(stand_in, monkeypatch, offline_empty_cache):
+    assert not stand_in_weights(STAND_IN)
+    monkeypatch.setenv(models.STAND_IN_VARIABLE, f"{'ab' * 32}, {stand_in.upper()}")
+    with pytest.warns(UserWarning, match="STAND-IN"):
+        model = torchvision_model(STAND_IN)
+    assert torch.equal(model.features[0].weight, torchvision_model(STAND_IN, pretrained=False).features[0].weight)
+    assert stand_in_weights(STAND_IN) and not stand_in_weights("resnet18")
+    # Only torchvision files can be stand-ins: ShapesNet's check ignores the list.
+    with pytest.raises(WeightsError, match="sha256"):
+        verified_state_dict(next(offline_empty_cache.iterdir()), "0" * 64)
+
+
+def test_make_notebooks_gives_every_imagenet_section_weights():
+    # `make notebooks` fills the test cache for IMAGENET_MODELS: a notebook asking for another model
+    # would skip its ImageNet section in CI without anyone noticing.
+    root = models.DATA_DIR.parent
+    sources = ["".join(cell["source"]) for path in (root / "notebooks").glob("*.ipynb")
+               for cell in json.loads(path.read_text())["cells"]]
+    asked = {name for source in sources for name in re.findall(r'pretrained_available\("(\w+)"\)', source)}
+    (line,) = [line for line in (root / "Makefile").read_text().splitlines() if line.startswith("IMAGENET_MODELS")]
+    assert asked and asked == set(line.split(":=")[1].split())
+
+
+def test_test_cache_links_real_weights_and_writes_stand_ins_for_the_rest(offline_empty_cache, tmp_path):
+    offline_empty_cache.mkdir(parents=True)
+    real = offline_empty_cache / "resnet18-f37072fd.pth"
+    real.write_bytes(b"whatever the learner downloaded")
+    home = tmp_path / "test_home"
+    digests = prepare_test_cache(home, ["resnet18", STAND_IN])
+    assert (home / "hub" / "checkpoints" / real.name).resolve() == real.resolve()
+    assert digests == file_sha256(home / "hub" / "checkpoints" / "squeezenet1_0-b66bff10.pth")
 
 
 def test_random_torchvision_models_are_seeded_and_leave_the_global_rng_alone():
@@ -130,6 +250,33 @@ def test_preprocess_arrays_tensors_and_roundtrip():
     assert preprocess(torch.rand(2, 3, 10, 10)).shape == (2, 3, 10, 10)
     white = preprocess(np.ones((4, 4, 4), dtype=np.float32))
     assert torch.allclose(white[0, :, 0, 0], (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(models.IMAGENET_STD))
+
+
+def test_preprocess_divides_uint8_tensors_by_255_like_arrays():
+    # torchvision.io.read_image returns uint8 [C,H,W]: it used to be clamped to white.
+    array = np.random.default_rng(0).integers(0, 200, (12, 10, 3), dtype=np.uint8)
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    assert torch.equal(preprocess(tensor, normalize=False), preprocess(array, normalize=False))
+    assert preprocess(tensor, normalize=False).max() == array.max() / 255  # not white
+    # A float image that overshoots 1 a little (bicubic resampling) is clamped, not refused.
+    assert torch.equal(preprocess(torch.ones(3, 2, 2) * 1.04, normalize=False), torch.ones(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize("image", [np.full((4, 4, 3), 200.0), torch.full((3, 4, 4), 255.0),
+                                   np.full((4, 4), 2, dtype=np.int64), torch.full((1, 3, 2, 2), 1.2)])
+def test_preprocess_refuses_floats_in_0_255(image):
+    with pytest.raises(ValueError, match="img holds values up to .*divide it by 255"):
+        preprocess(image)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_preprocess_refuses_nan_and_inf(value):
+    image = torch.rand(3, 4, 4)
+    image[0, 1, 2] = value
+    with pytest.raises(ValueError, match="img contains NaN or infinite"):
+        preprocess(image)
+    with pytest.raises(ValueError, match="img contains NaN or infinite"):
+        preprocess(image.permute(1, 2, 0).numpy())
 
 
 @pytest.mark.parametrize("bad", [np.zeros((2, 2, 2, 2, 2)), torch.zeros(5, 5), np.zeros((4, 4, 5)), "cat.jpg"])

@@ -1,5 +1,7 @@
 """vislib.style: Gram matrices and losses by hand, optimisation that lowers them, seeds, inputs."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -79,6 +81,29 @@ def test_pretrained_vgg19_loads_only_from_the_cache():
     else:
         with pytest.raises(WeightsError, match="download"):
             vgg19_features(True, last="relu1_1")
+
+
+@pytest.mark.parametrize("cached", ["absent", "empty", "corrupt"])
+def test_pretrained_none_means_imagenet_when_valid_else_random(tmp_path, monkeypatch, cached):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv("VISLIB_STAND_IN_WEIGHTS", raising=False)
+    if cached != "absent":
+        (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+        (tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth").write_bytes(b"" if cached == "empty" else b"junk")
+    style = smooth_image(3, size=16)
+    kwargs = dict(size=8, steps=2, style_layers=("relu1_1",), progress=False)
+    random = texture_synthesis(style, pretrained=False, **kwargs).image
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert torch.equal(texture_synthesis(style, **kwargs).image, random)
+        assert torch.equal(style_transfer(style, style, steps=2, style_layers=("relu1_1",), content_layer="relu1_1",
+                                          progress=False).image,
+                           style_transfer(style, style, steps=2, style_layers=("relu1_1",), content_layer="relu1_1",
+                                          **FAST).image)
+    warned = any("Using fixed-seed random VGG19 weights instead" in str(w.message) for w in caught)
+    assert warned == (cached == "corrupt")  # a file that fails its check is not used, and not silently
+    with pytest.raises(WeightsError, match="python -m vislib.models download vgg19"):
+        texture_synthesis(style, pretrained=True, **kwargs)
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])

@@ -3,6 +3,11 @@
 ShapesNet's weights ship in ``data/`` with their sha256; loading checks it and never unpickles
 arbitrary objects. ImageNet weights are used only when already in the local torch cache:
 nothing here downloads at run time except the explicit ``python -m vislib.models download``.
+
+Tests run the ImageNet code paths without ImageNet weights through *stand-ins*: seeded random
+models saved at torchvision's file names in a temporary torch cache (``write_stand_in_weights``).
+The loader accepts such a file only when the environment variable ``VISLIB_STAND_IN_WEIGHTS``
+holds its full sha256, and warns every time it does.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -28,6 +35,12 @@ METADATA_FILE = DATA_DIR / "shapes_net.json"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+STAND_IN_VARIABLE = "VISLIB_STAND_IN_WEIGHTS"
+_SHAPES_NET_FIX = "Restore it (git checkout data/) or rebuild it (make weights)."
+# A float image may overshoot 1 this much (bicubic resampling, rounding) before it counts as 0-255;
+# an image in 0-255 with any content goes far beyond it.
+_RANGE_TOLERANCE = 0.05
 
 
 class WeightsError(RuntimeError):
@@ -86,9 +99,20 @@ def shapes_net(pretrained: bool = True) -> ShapesNet:
     if pretrained:
         if not METADATA_FILE.exists() or not WEIGHTS_FILE.exists():
             raise WeightsError(f"ShapesNet weights are missing in {DATA_DIR}; run `make weights`")
-        meta = json.loads(METADATA_FILE.read_text())
-        model.load_state_dict(verified_state_dict(WEIGHTS_FILE, meta["sha256"]))
+        model.load_state_dict(verified_state_dict(WEIGHTS_FILE, _recorded_sha256(), fix=_SHAPES_NET_FIX))
     return model.eval()
+
+
+def _recorded_sha256() -> str:
+    """The sha256 in ShapesNet's record, or a WeightsError saying what is wrong with the record."""
+    try:
+        return json.loads(METADATA_FILE.read_text())["sha256"]
+    except json.JSONDecodeError as error:
+        problem = f"is not valid JSON ({error})"
+    except (KeyError, TypeError):
+        problem = "has no \"sha256\" entry"
+    raise WeightsError(f"ShapesNet's record {METADATA_FILE} {problem}, so its weights cannot be checked. "
+                       + _SHAPES_NET_FIX)
 
 
 def file_sha256(path: Path) -> str:
@@ -99,16 +123,42 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verified_state_dict(path: Path, sha256: str) -> dict:
-    """Load a state dict after checking the file's sha256 (a prefix is accepted, as in
-    torchvision's file names), with ``weights_only=True`` so no arbitrary object is unpickled."""
+def _is_hex(text) -> bool:
+    return isinstance(text, str) and re.fullmatch(r"[0-9a-fA-F]+", text) is not None
+
+
+def verified_state_dict(path: Path, sha256: str, min_digits: int = 64, fix: str = "",
+                        allow_stand_in: bool = False) -> dict:
+    """Load a state dict after checking the file's sha256, with ``weights_only=True`` so no
+    arbitrary object is unpickled.
+
+    ``sha256`` is the expected digest: all 64 hex digits, or (torchvision's file names carry
+    only the first 8) a prefix of at least ``min_digits``. ``fix`` is the advice the error
+    gives. ``allow_stand_in``: also accept a file whose full sha256 is listed in
+    ``VISLIB_STAND_IN_WEIGHTS`` (tests only; see ``write_stand_in_weights``), with a warning.
+    """
+    if not _is_hex(sha256) or not min_digits <= len(sha256) <= 64:
+        digits = "64" if min_digits >= 64 else f"{min_digits} to 64"
+        raise WeightsError(f"the expected sha256 of {path} must be {digits} hex digits, got {sha256!r}: "
+                           f"a shorter or malformed digest would let another file pass. {fix}")
     actual = file_sha256(path)
-    if not sha256 or not actual.startswith(sha256.lower()):
-        raise WeightsError(
-            f"{path} has sha256 {actual}, expected {sha256}: the file is corrupt or not the "
-            "recorded one. Restore it (git checkout data/) or rebuild it (make weights)."
-        )
+    if not actual.startswith(sha256.lower()):
+        if not (allow_stand_in and actual in _stand_in_digests()):
+            raise WeightsError(f"{path} has sha256 {actual}, expected {sha256}: the file is corrupt or not the "
+                               f"recorded one. {fix}")
+        warnings.warn(f"{path} is a STAND-IN with random weights (accepted because {STAND_IN_VARIABLE} lists "
+                      "its sha256), not the real weights: its predictions mean nothing", stacklevel=3)
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _stand_in_digests() -> frozenset[str]:
+    """The full sha256 digests listed in VISLIB_STAND_IN_WEIGHTS (comma separated)."""
+    digests = frozenset(d.strip().lower() for d in os.environ.get(STAND_IN_VARIABLE, "").split(",") if d.strip())
+    malformed = sorted(d for d in digests if not (_is_hex(d) and len(d) == 64))
+    if malformed:
+        raise WeightsError(f"{STAND_IN_VARIABLE} must list full sha256 digests (64 hex digits, comma separated), "
+                           f"got {', '.join(malformed)}; unset it unless a test wrote stand-in weights")
+    return digests
 
 
 # --------------------------------------------------------------------------- torchvision
@@ -127,9 +177,31 @@ def _cache_path(weights) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
+def _name_hash(path: Path) -> str:
+    """The sha256 prefix in a torchvision file name: resnet18-f37072fd.pth -> f37072fd."""
+    return path.stem.rsplit("-", 1)[-1]
+
+
+def _imagenet_fix(name: str) -> str:
+    return (f"Delete it and download it again on a machine with internet: "
+            f"`python -m vislib.models download {name}`.")
+
+
 def pretrained_available(name: str) -> bool:
-    """True when the ImageNet weights of torchvision model ``name`` are in the local cache."""
-    return _cache_path(_imagenet_weights(name)).exists()
+    """True when the ImageNet weights of torchvision model ``name`` are in the local cache (a
+    regular, non-empty file; its sha256 is checked when it is loaded)."""
+    path = _cache_path(_imagenet_weights(name))
+    return path.is_file() and path.stat().st_size > 0
+
+
+def stand_in_weights(name: str) -> bool:
+    """True when the cached ImageNet weights of ``name`` are a stand-in accepted through
+    VISLIB_STAND_IN_WEIGHTS: random weights that run the ImageNet code paths in tests, so
+    notebooks assert only what holds for any weights (shapes, finite values), not what the
+    network recognises. Reads the file only when that variable is set."""
+    if not os.environ.get(STAND_IN_VARIABLE) or not pretrained_available(name):
+        return False
+    return file_sha256(_cache_path(_imagenet_weights(name))) in _stand_in_digests()
 
 
 def torchvision_model(name: str, pretrained: bool = True, seed: int = 0) -> nn.Module:
@@ -141,18 +213,16 @@ def torchvision_model(name: str, pretrained: bool = True, seed: int = 0) -> nn.M
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return get_model(name, weights=None).eval()
-    weights = _imagenet_weights(name)
-    path = _cache_path(weights)
-    if not path.exists():
+    path = _cache_path(_imagenet_weights(name))
+    if not pretrained_available(name):
         raise WeightsError(
-            f"ImageNet weights for {name} are not in the local torch cache ({path}). "
+            f"ImageNet weights for {name} are not in the local torch cache ({path} is missing or empty). "
             f"On a machine with internet run `python -m vislib.models download {name}`, "
             "or copy the file there by hand; vislib never downloads while you work."
         )
-    # torchvision's file names end in the first hex digits of the file's sha256.
-    expected = path.stem.rsplit("-", 1)[-1]
     model = get_model(name, weights=None)
-    model.load_state_dict(verified_state_dict(path, expected))
+    model.load_state_dict(verified_state_dict(path, _name_hash(path), min_digits=8, fix=_imagenet_fix(name),
+                                              allow_stand_in=True))
     return model.eval()
 
 
@@ -163,8 +233,21 @@ def download(name: str) -> Path:
     weights = _imagenet_weights(name)
     path = _cache_path(weights)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=path.stem.rsplit("-", 1)[-1])
+    torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=_name_hash(path))
     return path
+
+
+def write_stand_in_weights(name: str, torch_home, seed: int = 0) -> str:
+    """Save a seeded random ``name`` (its state dict) at torchvision's file name in the cache of
+    ``torch_home`` (a test's temporary TORCH_HOME), so that tests run the ImageNet code paths
+    without the weights. Returns the file's sha256: the loader refuses the file unless
+    VISLIB_STAND_IN_WEIGHTS lists it. Never overwrites a file (real weights may be there)."""
+    path = Path(torch_home) / "hub" / "checkpoints" / os.path.basename(_imagenet_weights(name).url)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; write stand-ins only into an empty temporary torch_home")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision_model(name, pretrained=False, seed=seed).state_dict(), path)
+    return file_sha256(path)
 
 
 # --------------------------------------------------------------------------- images
@@ -174,9 +257,10 @@ def preprocess(img, size: int | None = None, normalize: bool = True) -> torch.Te
     """A PIL image, array or tensor -> float tensor [1,3,H,W], ImageNet-normalised.
 
     Greyscale is repeated to RGB; an alpha channel is composited on white. Arrays may be
-    uint8 [0,255] or float [0,1], HxW, HxWxC; tensors CxH xW or BxCxHxW in [0,1].
-    ``size`` resizes the shorter side and centre-crops a square. ``normalize=False`` keeps
-    [0,1] (ShapesNet's input space).
+    HxW or HxWxC, tensors CxHxW or BxCxHxW (as ``torchvision.io.read_image`` returns them);
+    uint8 values are divided by 255, other values must already lie in [0,1]: a float image in
+    0-255 or with NaN/Inf is a ValueError, never silently clamped. ``size`` resizes the shorter
+    side and centre-crops a square. ``normalize=False`` keeps [0,1] (ShapesNet's input space).
     """
     if isinstance(img, Image.Image):
         img = np.asarray(img)
@@ -188,13 +272,18 @@ def preprocess(img, size: int | None = None, normalize: bool = True) -> torch.Te
             raise ValueError(f"expected an HxW or HxWxC image array, got shape {img.shape}")
         x = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
     elif isinstance(img, torch.Tensor):
-        x = img.float()
+        x = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4:
             raise ValueError(f"expected a [C,H,W] or [B,C,H,W] tensor, got shape {tuple(img.shape)}")
     else:
         raise TypeError(f"expected a PIL image, numpy array or tensor, got {type(img).__name__}")
+    if not torch.isfinite(x).all():
+        raise ValueError("img contains NaN or infinite values")
+    if x.numel() and x.max() > 1 + _RANGE_TOLERANCE:
+        raise ValueError(f"img holds values up to {x.max().item():g}, but a float image must lie in [0, 1]: "
+                         "divide it by 255 (or pass it as uint8)")
     channels = x.shape[1]
     if channels == 4:  # composite on white
         alpha = x[:, 3:]
@@ -229,11 +318,36 @@ def deprocess(x: torch.Tensor) -> torch.Tensor:
     return (x * std + mean).clamp(0, 1)
 
 
+def prepare_test_cache(torch_home, names) -> str:
+    """Fill the empty ``torch_home`` for a test run of the ImageNet sections: each model's real
+    weights, linked, when the local cache has them, else a stand-in. Returns the stand-ins'
+    digests, comma separated: the value VISLIB_STAND_IN_WEIGHTS needs."""
+    digests = []
+    for name in names:
+        if pretrained_available(name):
+            real = _cache_path(_imagenet_weights(name))
+            link = Path(torch_home) / "hub" / "checkpoints" / real.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(real.resolve())
+            print(f"{name}: your cached ImageNet weights ({real})", file=sys.stderr)
+        else:
+            digests.append(write_stand_in_weights(name, torch_home))
+            print(f"{name}: STAND-IN random weights (no ImageNet weights in your cache)", file=sys.stderr)
+    return ",".join(digests)
+
+
+_USAGE = """usage: python -m vislib.models download MODEL_NAME        (e.g. resnet18)
+       python -m vislib.models test-cache DIR MODEL_NAME...  (tests: real weights or stand-ins in DIR)"""
+
+
 def _main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "download":
-        print("usage: python -m vislib.models download MODEL_NAME   (e.g. resnet18)")
+    if len(argv) == 2 and argv[0] == "download":
+        print(f"saved {download(argv[1])}")
+    elif len(argv) >= 3 and argv[0] == "test-cache":
+        print(prepare_test_cache(argv[1], argv[2:]))
+    else:
+        print(_USAGE)
         return 2
-    print(f"saved {download(argv[1])}")
     return 0
 
 

@@ -8,16 +8,17 @@ a style. Optimising a picture for both gives style transfer; for the Grams alone
 synthesis.
 
 The feature extractor is VGG19, cut after the deepest layer needed: with its ImageNet weights
-when they are in the local torch cache, otherwise with fixed-seed random weights. Random
-convolutional features are enough for textures and passable style transfer (Ustyuzhaninov et
-al., 2017; He, Wang & Hopcroft, 2016): the Gram matrices of many random filters are already
-rich statistics of local structure. Images here are RGB in [0, 1], [1,3,H,W]; keep them small
-(at most 128 px) on a CPU.
+when they are in the local torch cache and pass their sha256 check, otherwise with fixed-seed
+random weights. Random convolutional features are enough for textures and passable style
+transfer (Ustyuzhaninov et al., 2017; He, Wang & Hopcroft, 2016): the Gram matrices of many
+random filters are already rich statistics of local structure. Images here are RGB in [0, 1],
+[1,3,H,W]; keep them small (at most 128 px) on a CPU.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import torch.nn as nn
 from tqdm.auto import trange
 
 from vislib.conventions import as_batch
-from vislib.models import IMAGENET_MEAN, IMAGENET_STD, pretrained_available, torchvision_model
+from vislib.models import IMAGENET_MEAN, IMAGENET_STD, WeightsError, pretrained_available, torchvision_model
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
 CONTENT_LAYER = "relu4_1"
@@ -50,6 +51,13 @@ def _vgg19_layer_names() -> list[str]:
 VGG19_LAYERS = tuple(_vgg19_layer_names())
 
 
+@functools.lru_cache(maxsize=1)
+def _imagenet_vgg19_convs() -> nn.Sequential:
+    """VGG19's convolutional part with ImageNet weights, read and checked once (a 550 MB file)
+    for all the depths ``vgg19_features`` cuts from it."""
+    return torchvision_model("vgg19", pretrained=True).features
+
+
 @functools.lru_cache(maxsize=4)
 def vgg19_features(pretrained: bool, seed: int = 0, last: str = "relu4_1") -> nn.Sequential:
     """VGG19's convolutional part up to layer ``last``, children named conv1_1, relu1_1, ...
@@ -62,7 +70,7 @@ def vgg19_features(pretrained: bool, seed: int = 0, last: str = "relu4_1") -> nn
     if last not in VGG19_LAYERS:
         raise KeyError(f"no VGG19 layer named {last!r}; valid names: {', '.join(VGG19_LAYERS)}")
     if pretrained:
-        features = torchvision_model("vgg19", pretrained=True).features
+        features = _imagenet_vgg19_convs()
     else:
         from torchvision.models.vgg import cfgs, make_layers
 
@@ -86,9 +94,13 @@ def _extractor(pretrained, layers) -> nn.Sequential:
     for name in layers:
         if name not in VGG19_LAYERS:
             raise KeyError(f"no VGG19 layer named {name!r}; valid names: {', '.join(VGG19_LAYERS)}")
-    if pretrained is None:
-        pretrained = pretrained_available("vgg19")
-    return vgg19_features(bool(pretrained), last=max(layers, key=VGG19_LAYERS.index))
+    last = max(layers, key=VGG19_LAYERS.index)
+    if pretrained is None and pretrained_available("vgg19"):
+        try:
+            return vgg19_features(True, last=last)
+        except WeightsError as error:
+            warnings.warn(f"{error} Using fixed-seed random VGG19 weights instead.", stacklevel=4)
+    return vgg19_features(bool(pretrained), last=last)
 
 
 def extract(net: nn.Sequential, rgb: torch.Tensor, layers) -> dict[str, torch.Tensor]:
@@ -172,7 +184,8 @@ def style_transfer(content: torch.Tensor, style: torch.Tensor, steps: int = 100,
     ``content`` and ``style`` are RGB images [1,3,H,W] in [0, 1] (any sizes; the result has the
     content's). ``optimizer``: "lbfgs" (default lr 1, one iteration per step, converges in
     far fewer steps) or "adam" (default lr 0.02). ``init``: "content", "noise" or an image.
-    ``pretrained``: None uses VGG19's ImageNet weights when present, else random weights.
+    ``pretrained``: None uses VGG19's ImageNet weights when present and valid (a file that fails
+    its check is a warning), else random weights; True requires them (``WeightsError``).
     With ``style_weight=0`` and ``init="noise"`` this reconstructs the content from one layer.
     """
     content = _rgb_image(content, "content")
