@@ -7,43 +7,18 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from vislib.hooks import count_hooks
-
-
-def snapshot(model: nn.Module) -> dict:
-    """Everything vislib promises not to change in a user's model."""
-    return {
-        "hooks": count_hooks(model),
-        "modules": [(name, type(m), id(m)) for name, m in model.named_modules()],
-        "modes": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grads": [None if p.grad is None else (id(p.grad), p.grad.clone()) for p in model.parameters()],
-        "params": [p.detach().clone() for p in model.parameters()],
-        "buffers": [b.detach().clone() for b in model.buffers()],
-    }
-
-
-def assert_same_state(before: dict, after: dict) -> None:
-    assert after["hooks"] == before["hooks"], "a hook was left on the model"
-    assert after["modules"] == before["modules"], "a module was replaced"
-    assert after["modes"] == before["modes"], "train/eval mode changed"
-    assert after["requires_grad"] == before["requires_grad"], "requires_grad changed"
-    for b, a in zip(before["grads"], after["grads"], strict=True):
-        assert (b is None) == (a is None), ".grad appeared or vanished"
-        if b is not None:
-            assert a[0] == b[0] and torch.equal(a[1], b[1]), ".grad changed"
-    for b, a in zip(before["params"] + before["buffers"], after["params"] + after["buffers"], strict=True):
-        assert torch.equal(a, b), "a parameter or buffer changed"
+from vislib.hooks import model_state, state_changes
 
 
 @contextmanager
 def untouched(model: nn.Module):
     """Assert that the block leaves ``model`` exactly as it found it, also when the block raises."""
-    before = snapshot(model)
+    before = model_state(model)
     try:
         yield
     finally:
-        assert_same_state(before, snapshot(model))
+        changes = state_changes(before, model_state(model))
+        assert not changes, "; ".join(changes)
 
 
 def tiny_cnn(inplace: bool = True, num_classes: int = 3, seed: int = 0) -> nn.Module:

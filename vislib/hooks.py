@@ -199,3 +199,39 @@ def count_hooks(model: nn.Module) -> int:
     kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
              "_state_dict_hooks", "_load_state_dict_pre_hooks")
     return sum(len(getattr(m, kind, {})) for m in model.modules() for kind in kinds)
+
+
+def model_state(model: nn.Module) -> dict:
+    """A copy of everything vislib promises not to change in a model: hooks, modules, modes,
+    ``requires_grad``, ``.grad``, parameters and buffers. ``state_changes`` compares two."""
+    return {
+        "hooks": count_hooks(model),
+        "modules": [(name, type(m), id(m)) for name, m in model.named_modules()],
+        "modes": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [None if p.grad is None else (id(p.grad), p.grad.detach().clone()) for p in model.parameters()],
+        "params": [p.detach().clone() for p in model.parameters()],
+        "buffers": [b.detach().clone() for b in model.buffers()],
+    }
+
+
+def state_changes(before: dict, after: dict) -> list[str]:
+    """What differs between two ``model_state`` copies, in words (empty when nothing does)."""
+    changes = []
+    if after["hooks"] != before["hooks"]:
+        changes.append(f"{after['hooks'] - before['hooks']:+d} hooks are registered on the model")
+    if after["modules"] != before["modules"]:
+        changes.append("a module of the model was replaced")
+    if after["modes"] != before["modes"]:
+        changes.append("the train/eval mode of a module changed")
+    if after["requires_grad"] != before["requires_grad"]:
+        changes.append("requires_grad of a parameter changed")
+    for b, a in zip(before["grads"], after["grads"], strict=True):
+        if (b is None) != (a is None) or (b is not None and (a[0] != b[0] or not torch.equal(a[1], b[1]))):
+            changes.append(".grad of a parameter changed")
+            break
+    if any(not torch.equal(a, b) for a, b in zip(before["params"], after["params"], strict=True)):
+        changes.append("a parameter's values changed")
+    if any(not torch.equal(a, b) for a, b in zip(before["buffers"], after["buffers"], strict=True)):
+        changes.append("a buffer changed (BatchNorm's running statistics, for example)")
+    return changes
