@@ -1,0 +1,192 @@
+"""The machinery every exercise check shares: run the learner's function, compare its result with
+vislib's reference, and turn a difference into a hint that names the likely mistake.
+
+A check is a function ``check(fn)`` decorated with ``exercise``. Inside, it calls the learner's
+function through ``call`` (which refuses a function that leaves anything behind in the model or
+that only calls vislib's own implementation) and compares results with ``expect`` (which names
+the mistake whose output the learner's result matches). The decorator turns an unimplemented
+function into "not implemented yet" instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from vislib.hooks import model_state, state_changes
+
+NOT_IMPLEMENTED = "not implemented yet"
+
+
+class NotImplementedYet(AssertionError):
+    """Raised by a strict check (the graded one) when the learner's function is still a stub."""
+
+
+def exercise(name: str, summary: str):
+    """Make ``check(fn)`` an exercise check named ``name``.
+
+    The check prints one success line (``summary`` says what was verified) or raises
+    ``AssertionError`` with a hint. A function that still raises ``NotImplementedError`` prints
+    "not implemented yet", so a learner's notebook runs top to bottom; with ``strict=True`` (the
+    autograder's hidden tests) it raises ``NotImplementedYet``. Nothing is returned, so a
+    notebook cell shows only the printed line (nbgrader would read a returned value as points).
+    """
+
+    def decorate(check):
+        @functools.wraps(check)
+        def run(fn, strict: bool = False) -> None:
+            if not callable(fn):
+                raise TypeError(f"pass your function itself to the check, e.g. checks.{name}({name}), "
+                                f"not {type(fn).__name__}")
+            try:
+                check(fn)
+            except NotImplementedError:
+                if strict:
+                    raise NotImplementedYet(f"{name}: {NOT_IMPLEMENTED}") from None
+                print(f"{name}: {NOT_IMPLEMENTED} (replace `raise NotImplementedError()` with your code)")
+                return
+            print(f"{name}: correct. {summary}")
+
+        run.exercise = name
+        return run
+
+    return decorate
+
+
+@contextmanager
+def unless_unimplemented(name: str = "your function"):
+    """For the cell that draws the learner's own result: a stub shows a note, not a traceback."""
+    try:
+        yield
+    except NotImplementedError:
+        print(f"{name}: {NOT_IMPLEMENTED}; its picture appears here once it works")
+
+
+# --------------------------------------------------------------------------- running the learner's code
+
+
+@dataclass(frozen=True)
+class Forbidden:
+    """vislib functions that the learner's code must not call: the exercise is to write them."""
+
+    functions: tuple
+
+    def code_objects(self) -> set:
+        return {inspect.unwrap(f).__code__ for f in self.functions}
+
+    def names(self) -> str:
+        return ", ".join(f"{f.__module__}.{f.__qualname__}" for f in self.functions)
+
+
+def call(name: str, fn: Callable, *args, models: Iterable[nn.Module] = (), forbidden: Forbidden | None = None):
+    """``fn(*args)``, refused when it changes anything in ``models`` (hooks, modes, requires_grad,
+    .grad, parameters, buffers), changes a tensor argument in place, or calls a ``forbidden`` vislib
+    function. ``NotImplementedError`` passes through to ``exercise``."""
+    models = list(models)
+    before = [model_state(m) for m in models]
+    tensors = [(i, a.detach().clone()) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    seen = _calls_into(forbidden, fn, args)
+    result = seen.result
+    if seen.called:
+        raise AssertionError(f"your {name} calls vislib's own implementation ({forbidden.names()}): the exercise "
+                             "is to write it yourself with torch; vislib's version is what the check compares with")
+    for model, state in zip(models, before):
+        changes = state_changes(state, model_state(model))
+        if changes:
+            raise AssertionError(f"your {name} changed the model: {'; '.join(changes)}. {_advice(changes)}")
+    for i, copy in tensors:
+        if not torch.equal(args[i].detach(), copy) and not (args[i].isnan() & copy.isnan()).any():
+            raise AssertionError(f"your {name} changed its argument number {i + 1} in place; work on a copy "
+                                 "(e.g. tensor.clone()) or use out-of-place operations")
+    return result
+
+
+def _advice(changes: list[str]) -> str:
+    if any("hooks" in c for c in changes):
+        return "Remove every hook you register (handle.remove()), best in a `finally:` block."
+    if any("requires_grad" in c for c in changes):
+        return "Put requires_grad back as you found it, or take gradients with torch.autograd.grad."
+    if any(".grad" in c for c in changes):
+        return ("Calling .backward() adds into the parameters' .grad: use torch.autograd.grad(score, x), "
+                "or freeze the parameters while you work and restore them after.")
+    if any("mode" in c for c in changes):
+        return "Leave the model's train/eval mode as it was."
+    return "Work on copies and leave the model as you found it."
+
+
+@dataclass
+class _Seen:
+    result: object = None
+    called: bool = False
+
+
+def _calls_into(forbidden: Forbidden | None, fn, args) -> _Seen:
+    """Run ``fn(*args)`` and note whether it entered one of the ``forbidden`` functions (a
+    profile hook watches Python calls only while ``fn`` runs)."""
+    seen = _Seen()
+    if forbidden is None:
+        seen.result = fn(*args)
+        return seen
+    codes = forbidden.code_objects()
+
+    def watch(frame, event, arg):
+        if event == "call" and frame.f_code in codes:
+            seen.called = True
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        seen.result = fn(*args)
+    finally:
+        sys.setprofile(previous)
+    return seen
+
+
+# --------------------------------------------------------------------------- comparing results
+
+
+def expect(name: str, got, expected: torch.Tensor, mistakes: dict[str, torch.Tensor] | None = None,
+           what: str = "result", rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """``got`` must equal ``expected``; if it equals one of ``mistakes`` (hint -> what that mistake
+    gives) instead, the hint is the message. Shapes are checked first, with the expected shape."""
+    if not isinstance(got, torch.Tensor):
+        raise AssertionError(f"your {name} must return a torch.Tensor ({what}), got {type(got).__name__}")
+    got = got.detach().to(expected.device, expected.dtype) if got.is_floating_point() else got.detach()
+    for hint, wrong in (mistakes or {}).items():
+        if got.shape == wrong.shape and not _close(expected, wrong, rtol, atol) and _close(got, wrong, rtol, atol):
+            raise AssertionError(f"your {name} gives a different {what}: {hint}")
+    if got.shape != expected.shape:
+        raise AssertionError(f"your {name} returns shape {list(got.shape)}; expected {list(expected.shape)} ({what})")
+    if not torch.isfinite(got).all():
+        raise AssertionError(f"your {name} returns NaN or infinite values; look for a division by zero")
+    if not _close(got, expected, rtol, atol):
+        raise AssertionError(f"your {name} gives a different {what}: {_describe(got, expected)}")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
+    scale = b.abs().max().item() if b.numel() else 0.0
+    return a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol * max(1.0, scale))
+
+
+def _describe(got: torch.Tensor, expected: torch.Tensor) -> str:
+    """A generic hint: a constant factor, a sign, or where the largest difference is."""
+    flat_got, flat_expected = got.double().flatten(), expected.double().flatten()
+    denominator = flat_expected.dot(flat_expected)
+    if denominator > 0:
+        factor = (flat_got.dot(flat_expected) / denominator).item()
+        if abs(factor) > 1e-6 and torch.allclose(flat_got, factor * flat_expected, rtol=1e-3,
+                                                 atol=1e-6 * flat_expected.abs().max().item()):
+            if factor < 0:
+                return f"it is {-factor:.3g} times the expected one with the opposite sign: check the sign"
+            return f"it is {factor:.3g} times the expected one: check how you scale or normalise"
+    worst = (flat_got - flat_expected).abs().argmax().item()
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), expected.shape))
+    return (f"the largest difference is at index {list(index)}: yours {flat_got[worst].item():.4g}, "
+            f"expected {flat_expected[worst].item():.4g}")

@@ -1,0 +1,117 @@
+"""Checks of the saliency assignment: ``saliency_map``, ``relu_backward``, ``occlusion_map``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from vislib import saliency
+from vislib.checks.cases import cases
+from vislib.checks.harness import Forbidden, call, exercise, expect
+
+__all__ = ["occlusion_map", "relu_backward", "saliency_map"]
+
+EACH_OWN_TARGET = "each image must use its own target class: pick logits[i, target[i]], e.g. with logits.gather"
+LOGIT_NOT_PROBABILITY = ("explain the raw class score (the logit, before the softmax), not the probability "
+                         "or the loss")
+
+
+def _probability(model: nn.Module) -> nn.Module:
+    return nn.Sequential(model, nn.Softmax(dim=1))
+
+
+def _log_probability(model: nn.Module) -> nn.Module:
+    return nn.Sequential(model, nn.LogSoftmax(dim=1))
+
+
+@exercise("saliency_map", "The max over colour channels of |d logit / d x|, per image and target, on 3 models "
+                          "(inplace ReLUs, BatchNorm, a non-square batch, one image).")
+def saliency_map(fn) -> None:
+    forbidden = Forbidden((saliency.gradient, saliency._input_gradient, saliency.to_heatmap))
+    for case in cases():
+        got = call("saliency_map", fn, case.model, case.x, case.target, models=[case.model], forbidden=forbidden)
+        grad = saliency.gradient(case.model, case.x, case.target)
+        first = saliency.gradient(case.model, case.x, case.target[0].item())
+        mistakes = {
+            "take the absolute value of the gradient before the maximum over colour channels": grad.amax(1),
+            "reduce the colour channels with the maximum, not the sum": grad.abs().sum(1),
+            "reduce the colour channels with the maximum, not the mean": grad.abs().mean(1),
+            LOGIT_NOT_PROBABILITY: saliency.gradient(_probability(case.model), case.x, case.target).abs().amax(1),
+            LOGIT_NOT_PROBABILITY + " ": saliency.gradient(_log_probability(case.model), case.x,
+                                                            case.target).abs().amax(1),
+            "one map per image [B,H,W]: take the maximum of |gradient| over the colour channels (dim 1)":
+                grad.abs(),
+            EACH_OWN_TARGET: first.abs().amax(1),
+        }
+        expect("saliency_map", got, grad.abs().amax(1), mistakes, what=f"map ({case.label})")
+
+
+RULES = ("backprop", "deconvnet", "guided")
+
+
+@exercise("relu_backward", "The three backward rules of a ReLU, backprop, deconvnet and guided, on values "
+                           "with exact zeros.")
+def relu_backward(fn) -> None:
+    generator = torch.Generator().manual_seed(3)
+    h_in = torch.randn(2, 4, 5, 6, generator=generator)
+    h_in[h_in.abs() < 0.3] = 0.0  # the ReLU's kink: its gradient there is 0
+    grad_out = torch.randn(2, 4, 5, 6, generator=generator)
+    active, positive = (h_in > 0).to(grad_out.dtype), grad_out.clamp(min=0)
+    expected = {"backprop": grad_out * active, "deconvnet": positive, "guided": positive * active}
+    at_zero = "at h_in == 0 the ReLU's gradient is 0: use the mask h_in > 0, not h_in >= 0"
+    not_abs = "keep the positive part of the gradient (max(grad_out, 0)), not its absolute value"
+    mistakes = {
+        "backprop": {at_zero: grad_out * (h_in >= 0),
+                     "the mask comes from the forward pass, h_in > 0, not from the sign of the gradient": positive},
+        "deconvnet": {"the deconvnet rule ignores the forward activation: it passes max(grad_out, 0) whatever "
+                      "h_in was": positive * active,
+                      not_abs: grad_out.abs(),
+                      "deconvnet keeps the positive part of the gradient, max(grad_out, 0)": grad_out},
+        "guided": {at_zero: positive * (h_in >= 0),
+                   "guided backpropagation keeps both conditions: max(grad_out, 0) and only where h_in > 0": positive,
+                   "guided backpropagation also drops negative gradients: max(grad_out, 0) * [h_in > 0]":
+                       grad_out * active,
+                   not_abs: grad_out.abs() * active},
+    }
+    for rule in RULES:
+        got = call("relu_backward", fn, h_in, grad_out, rule)
+        expect("relu_backward", got, expected[rule], mistakes[rule], what=f"gradient for rule={rule!r}")
+
+
+WINDOW, STRIDE = 4, 2
+
+
+@exercise("occlusion_map", f"Score drops averaged over the {WINDOW}x{WINDOW} windows (stride {STRIDE}) covering "
+                           "each pixel, per image and target, on 3 models.")
+def occlusion_map(fn) -> None:
+    forbidden = Forbidden((saliency.occlusion,))
+    for case in cases():
+        got = call("occlusion_map", fn, case.model, case.x, case.target, WINDOW, STRIDE, models=[case.model],
+                   forbidden=forbidden)
+
+        def occlusion(model, target, x=case.x):
+            return saliency.occlusion(model, x, target, window=WINDOW, stride=STRIDE, progress=False)
+
+        expected = occlusion(case.model, case.target)
+        height, width = case.x.shape[-2:]
+        rows = saliency._window_cover(height, WINDOW, STRIDE, "cpu").sum(0).float()
+        cols = saliency._window_cover(width, WINDOW, STRIDE, "cpu").sum(0).float()
+        mistakes = {
+            "the map is the drop of the score, score(original) - score(occluded): yours has the opposite sign":
+                -expected,
+            "average the drops of the windows that cover a pixel; yours adds them up":
+                expected * rows[:, None] * cols[None, :],
+            LOGIT_NOT_PROBABILITY: occlusion(_probability(case.model), case.target),
+            EACH_OWN_TARGET: occlusion(case.model, case.target[0].item()),
+            "hide the window with 0 (the baseline) in all colour channels, not only the first one":
+                saliency.occlusion(case.model, case.x, case.target, window=WINDOW, stride=STRIDE,
+                                   baseline=_first_channel_only(case.x), progress=False),
+        }
+        expect("occlusion_map", got, expected, mistakes, what=f"map ({case.label})")
+
+
+def _first_channel_only(x: torch.Tensor) -> torch.Tensor:
+    """A baseline that hides channel 0 and keeps the others: what occluding one channel does."""
+    baseline = x.clone()
+    baseline[:, 0] = 0
+    return baseline
