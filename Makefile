@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup lab test lint unit notebooks weights bench strip clean
+.PHONY: setup lab test lint unit notebooks weights bench strip clean assignments autograde
 
 setup: $(STAMP)
 
@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m ipykernel install --user --name vislib --display-name "Python (vislib)"
 	touch $(STAMP)
 
-lab: setup  ## start JupyterLab on the course notebooks
-	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)  # root: e.g. in a container
+lab: setup  ## start JupyterLab on the course: notebooks/ and the assignments in assignments/release/
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)  # root: e.g. in a container
 
 test: lint unit notebooks  ## ruff, the unit tests, then every notebook top to bottom
 
@@ -30,15 +30,33 @@ unit: setup
 IMAGENET_MODELS   := resnet18 vgg16 resnet50 vgg19
 IMAGENET_NOTEBOOKS = $(shell grep -l pretrained_available notebooks/*.ipynb)
 
-# Two passes. First every notebook as a learner without ImageNet weights runs it (an empty torch
-# cache). Then the notebooks with an ImageNet section, in a temporary torch cache (about 1.3 GB,
+# Two passes. First every notebook, and every assignment with its solutions, as a learner without
+# ImageNet weights runs it (an empty torch cache). Then the notebooks with an ImageNet section, in a temporary torch cache (about 1.3 GB,
 # removed afterwards) holding your cached ImageNet weights where you have them, else seeded random
 # stand-ins that the loader accepts only because VISLIB_STAND_IN_WEIGHTS lists their full sha256.
 notebooks: setup  ## nbval: every cell runs without error, ImageNet sections too; each notebook in 60 s
 	home=$$(mktemp -d) && trap 'rm -rf "$$home"' EXIT && \
-	TORCH_HOME="$$home/empty" $(BIN)/pytest --nbval-lax notebooks && \
+	TORCH_HOME="$$home/empty" $(BIN)/pytest --nbval-lax notebooks assignments/source && \
 	stand_ins=$$($(BIN)/python -m vislib.models test-cache "$$home/imagenet" $(IMAGENET_MODELS)) && \
 	TORCH_HOME="$$home/imagenet" VISLIB_STAND_IN_WEIGHTS="$$stand_ins" $(BIN)/pytest --nbval-lax $(IMAGENET_NOTEBOOKS)
+
+# --- assignments: nbgrader, offline, with a local sqlite gradebook ----------------------------------
+# nbgrader calls `alembic` by name, so the venv's bin/ goes first on PATH. COURSE is the course folder;
+# "*" is every assignment in it.
+COURSE  ?= assignments
+NBGRADER = cd $(COURSE) && PATH="$(CURDIR)/$(BIN):$$PATH" "$(CURDIR)/$(BIN)/nbgrader"
+
+assignments: setup  ## the learners' versions: $(COURSE)/release/ from $(COURSE)/source/, solutions and hidden tests removed
+	$(NBGRADER) generate_assignment "*" --force --log-level=ERROR
+
+autograde: setup  ## grade $(COURSE)/submitted/<student>/<assignment>/: $(COURSE)/grades.csv and feedback/ HTML
+	@test -n "$$(ls -d $(COURSE)/submitted/*/*/ 2>/dev/null)" || \
+		{ echo "no submissions: put them in $(COURSE)/submitted/<student>/<assignment>/"; exit 1; }
+	$(NBGRADER) generate_assignment "*" --force --log-level=ERROR  # the gradebook learns each assignment's cells
+	$(NBGRADER) autograde "*" --create --force --log-level=ERROR
+	$(NBGRADER) generate_feedback "*" --force --log-level=ERROR
+	$(NBGRADER) export --log-level=ERROR
+	@echo "grades: $(COURSE)/grades.csv; feedback: $(COURSE)/feedback/<student>/<assignment>/"
 
 weights: setup  ## retrain ShapesNet (seeded, about 10 minutes on a 2-core CPU)
 	$(BIN)/python -m vislib.train
