@@ -87,5 +87,5 @@ test-browser: browser-deps  ## JupyterLab + headless Chromium: run a notebook, c
 book: setup  ## run every notebook and render the course site in build/site/ (nbconvert)
 	$(BIN)/python book/build.py --out build/site
 
-check-book: browser-deps  ## open build/site in headless Chromium: every notebook page shows its figures
+check-book: browser-deps  ## open build/site in headless Chromium, network off: every page shows its figures and typesets its formulas
 	$(BIN)/pytest -p no:cacheprovider -s tests/browser/check_site.py

@@ -8,8 +8,9 @@ its title and a one-line summary: its question from the course map table in note
 first sentence under its title. The map's parts (model behaviour, model decisions) group the cards.
 
 Explorers (vislib.widgets) need a live kernel, so on the site each one becomes a static copy of
-the figure it drew first, with a note; the pages load no script except MathJax (from its CDN: offline,
-formulas stay as TeX). The committed notebooks are never written to; build/site/notebooks/ gets
+the figure it drew first, with a note; the pages load no script except MathJax, whose files are copied
+into build/site/mathjax/ from the pinned jupyter-server-mathjax package (MathJax 2.7), so formulas
+render with no network. The committed notebooks are never written to; build/site/notebooks/ gets
 copies to download.
 
 Usage: python book/build.py [--out build/site] [--timeout 300] [notebooks/NN_name.ipynb ...]
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 import jinja2
+import jupyter_server_mathjax
 import nbconvert
 import nbformat
 from nbclient import NotebookClient
@@ -47,6 +49,13 @@ TITLE = "Seeing inside convolutional networks"
 INTRO = ("A hands-on course on CNN visualisation: what the hidden layers compute, which pixels a decision "
          "rests on, what a unit wants to see, and how to check an explanation. Each notebook below was run "
          "top to bottom to make this site; the course map runs in lecture order.")
+# MathJax 2 as jupyter-server-mathjax ships it: TeX input, HTML-CSS output with the STIX-Web fonts (the
+# only web fonts there) and the TeX extensions MathJax loads on demand; not its SVG output, its
+# accessibility extensions (3.7 MB) or its translations.
+MATHJAX = Path(jupyter_server_mathjax.__file__).parent / "static"
+MATHJAX_FILES = ("LICENSE", "MathJax.js", "config/TeX-AMS-MML_HTMLorMML-full.js", "config/Safe.js", "extensions",
+                 "jax/input/TeX", "jax/element", "jax/output/HTML-CSS", "fonts/HTML-CSS/STIX-Web/woff")
+MATHJAX_URL = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
 STATIC_EXPLORER_NOTE = ("Interactive explorer{drawn}. Run the notebook in JupyterLab (<code>make lab</code>) to "
                         "change its controls.")
 
@@ -153,6 +162,23 @@ def thumbnail(png_base64: str, path: Path):
     image.save(path)
 
 
+def copy_mathjax(out: Path):
+    """MATHJAX_FILES into out/mathjax/: the pages load MathJax from there, never from the network."""
+    for name in MATHJAX_FILES:
+        source, target = MATHJAX / name, out / "mathjax" / name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("a11y"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+
+
+def page_exporter() -> nbconvert.HTMLExporter:
+    """nbconvert's HTML exporter with the course template, figures embedded, MathJax from the site itself."""
+    return nbconvert.HTMLExporter(template_name="course", extra_template_basedirs=[str(TEMPLATES)],
+                                  embed_images=True, mathjax_url=MATHJAX_URL)
+
+
 def render_page(notebook, exporter, title: str, previous: dict | None, following: dict | None) -> str:
     body, _ = exporter.from_notebook_node(notebook, resources={
         "metadata": {"name": title}, "course": {"previous": previous, "next": following}})
@@ -170,6 +196,7 @@ def build(paths: list[Path], out: Path, timeout: int) -> list[dict]:
     (out / "thumbs").mkdir(parents=True)
     (out / "notebooks").mkdir()
     shutil.copy(TEMPLATES / "course.css", out / "course.css")
+    copy_mathjax(out)
     entries, executed = [], []
     failures, course = [], {}
     for path in paths:
@@ -196,8 +223,7 @@ def build(paths: list[Path], out: Path, timeout: int) -> list[dict]:
     for entry in entries:  # the course map's question is the better one-line summary
         entry["part"], entry["summary"] = course.get(entry["stem"][:2], ("", entry["summary"]))
 
-    exporter = nbconvert.HTMLExporter(template_name="course", extra_template_basedirs=[str(TEMPLATES)],
-                                      embed_images=True)
+    exporter = page_exporter()
     for i, (entry, notebook) in enumerate(zip(entries, executed)):
         previous = entries[i - 1] if i > 0 else None
         following = entries[i + 1] if i + 1 < len(entries) else None

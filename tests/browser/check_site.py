@@ -1,9 +1,14 @@
-"""The built course site in headless Chromium: every notebook page shows its figures.
+"""The built course site in headless Chromium, with the network off: every notebook page shows its
+figures and its formulas.
 
-From build/site/index.html (file://, every other request refused: the site must stand alone) the
-index links every notebook of notebooks/ and all its thumbnails load; each page, reached through the
-index's link, shows at least one figure and as many loaded (decoded, non-empty) images as the build
-found figures in the executed notebook (build/site/manifest.json). Screenshots go to build/site-check/.
+From build/site/index.html (file://; the browser is offline and every request for anything but a
+file is refused and recorded: the site must stand alone) the index links every notebook of
+notebooks/ and all its thumbnails load; each page, reached through the index's link, shows at least
+one figure and as many loaded (decoded, non-empty) images as the build found figures in the executed
+notebook (build/site/manifest.json). Once MathJax has typeset a page, every formula of the
+notebook's markdown is rendered (none shows an error) and no raw TeX ($$, \\(, \\[, $x$) is left in
+the page's visible text outside code. No page may request a URL that is not a file, nor fail to load
+a file (a missing MathJax font or extension). Screenshots go to build/site-check/.
 
 Run with `make check-book` after `make book` (VISLIB_SITE=path checks another build).
 """
@@ -12,45 +17,111 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
+import nbformat
 from playwright.sync_api import sync_playwright
 
-from tests.browser.chromium import launch, only_from
+from tests.browser.chromium import launch
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = Path(os.environ.get("VISLIB_SITE", ROOT / "build" / "site"))
 SHOTS = ROOT / "build" / "site-check"
+LOCAL = ("file://", "data:")
+TYPESET_TIMEOUT_MS = 60_000
 LOADED_IMAGES = ("(selector) => [...document.querySelectorAll(selector)]"
                  ".filter(image => image.complete && image.naturalWidth > 0).length")
+# Resolves once MathJax (if the page loads it) has finished its start-up typesetting and all queued after it.
+# The hook returns nothing: a hook that returns MathJax's queue entry would make the start-up wait for it.
+TYPESET = """() => new Promise(resolve => {
+    if (!window.MathJax || !MathJax.Hub) return resolve(true);
+    MathJax.Hub.Register.StartupHook("End", () => { MathJax.Hub.Queue(() => resolve(true)); });
+})"""
+# Formulas MathJax rendered (its HTML-CSS output), and the text of those that show an error: a TeX error,
+# an undefined macro (shown as its name, backslash included) or MathJax's own "Math Processing Error".
+FORMULAS = """() => {
+    const shown = [...document.querySelectorAll("span.MathJax > .math, span.MathJax > nobr > .math")];
+    const wrong = shown.filter(math => math.querySelector(".merror, .noError") || math.textContent.includes("\\\\"));
+    return {rendered: shown.length, errors: [...wrong, ...document.querySelectorAll(".MathJax_Error")]
+        .map(math => math.textContent)};
+}"""
+# The text a reader sees, without code (code keeps its $ and backslashes, and MathJax leaves it alone).
+VISIBLE_PROSE = """() => {
+    const hide = document.head.appendChild(document.createElement("style"));
+    hide.textContent = "pre, code, .jp-InputArea-editor { display: none !important; }";
+    const text = document.body.innerText;
+    hide.remove();
+    return text;
+}"""
+# Raw TeX a reader would see if MathJax had not run: display or inline delimiters, environments.
+RAW_TEX = re.compile(r"\$\$|\\\(|\\\[|\\begin\{|\$[^\s$](?:[^$\n]*[^\s$])?\$")
+# Formulas in notebook markdown as tex2jax finds them ($ escaped as \$ is not a delimiter).
+SOURCE_TEX = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|(?<!\\)\$(?:[^$\\]|\\.)+\$", re.S)
 
 
-def test_every_notebook_page_shows_its_figures():
+def formulas_in_sources(notebook: Path) -> int:
+    """How many formulas the markdown cells of ``notebook`` hold."""
+    cells = nbformat.read(notebook, as_version=4).cells
+    return sum(len(SOURCE_TEX.findall(cell.source)) for cell in cells if cell.cell_type == "markdown")
+
+
+def test_every_notebook_page_shows_its_figures_and_formulas_offline():
     assert (SITE / "manifest.json").exists(), f"no site in {SITE}: run `make book` first"
     manifest = {entry["page"]: entry for entry in json.loads((SITE / "manifest.json").read_text())}
     notebooks = {f"{path.stem}.html" for path in (ROOT / "notebooks").glob("*.ipynb")}
     SHOTS.mkdir(parents=True, exist_ok=True)
-    shown = {}
+    refused, failed, shown, formulas, raw_tex = [], [], {}, {}, {}
+
+    def only_files(route):
+        if route.request.url.startswith(LOCAL):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    def record_failure(request):
+        if request.url.startswith(LOCAL):
+            failed.append(f"{request.url}: {request.failure}")
+
     with sync_playwright() as playwright:
         browser = launch(playwright)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            only_from(page, "file://")
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            context.set_offline(True)
+            context.route("**/*", only_files)
+            page = context.new_page()
+            page.on("requestfailed", record_failure)
             page.goto((SITE / "index.html").resolve().as_uri(), wait_until="load")
             page.screenshot(path=SHOTS / "index.png", full_page=True)
             links = page.locator(".course-card > a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
             thumbnails = page.evaluate(LOADED_IMAGES, ".course-card img")
+            raw_tex["index.html"] = RAW_TEX.findall(page.evaluate(VISIBLE_PROSE))
             for href in links:
                 page.goto((SITE / href).resolve().as_uri(), wait_until="load")
+                page.wait_for_function(TYPESET, timeout=TYPESET_TIMEOUT_MS, polling=500)
                 shown[href] = page.evaluate(LOADED_IMAGES, ".jp-OutputArea-output img")
+                formulas[href] = page.evaluate(FORMULAS)
+                raw_tex[href] = RAW_TEX.findall(page.evaluate(VISIBLE_PROSE))
                 page.screenshot(path=SHOTS / href.replace(".html", ".png"))
         finally:
             browser.close()
 
+    expected = {href: formulas_in_sources(SITE / manifest[href]["source"]) for href in links}
+    print(f"\n{'page':32} {'figures':>8} {'executed':>8} {'formulas':>8} {'in source':>9}")
     for href, figures in shown.items():
-        print(f"{href}: {figures} figures shown, {manifest[href]['figures']} in the executed notebook")
+        print(f"{href:32} {figures:8} {manifest[href]['figures']:8} {formulas[href]['rendered']:8} {expected[href]:9}")
+    assert not refused, f"pages requested the network: {sorted(set(refused))}"
+    assert not failed, f"files failed to load: {failed}"
     assert notebooks <= set(links), f"the index does not link {sorted(notebooks - set(links))}"
     assert thumbnails == len(links), f"only {thumbnails} of {len(links)} thumbnails load"
     missing = {href: (figures, manifest[href]["figures"]) for href, figures in shown.items()
                if figures == 0 or figures < manifest[href]["figures"]}
     assert not missing, f"pages missing figures (shown, expected): {missing}"
+    unrendered = {href: (formulas[href]["rendered"], expected[href]) for href in links
+                  if formulas[href]["rendered"] < expected[href]}
+    assert not unrendered, f"pages missing formulas (rendered, in the notebook): {unrendered}"
+    errors = {href: found["errors"] for href, found in formulas.items() if found["errors"]}
+    assert not errors, f"formulas that MathJax could not render: {errors}"
+    raw = {href: found for href, found in raw_tex.items() if found}
+    assert not raw, f"raw TeX left in the pages' text: {raw}"

@@ -1,7 +1,9 @@
 """book/build.py's pieces without running notebooks: explorers become static figures, progress bars
-keep their text, the course map comes from notebook 00, summaries from a notebook's first paragraph."""
+keep their text, the course map comes from notebook 00, summaries from a notebook's first paragraph,
+pages load MathJax from the site itself."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import nbformat
@@ -71,3 +73,15 @@ def test_course_map_of_notebook_00():
     assert sorted(course) == stems
     assert course["01"][0] == "model behaviour" and course["05"][0] == "model decisions"
     assert all(question[0].isupper() for _, question in course.values())
+
+
+def test_pages_load_mathjax_from_the_site_not_from_the_network(tmp_path):
+    """The site works offline: a page's only script is the MathJax copied into the site, and it is there."""
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_markdown_cell("# CAM\n\n$$\\alpha_k^c = \\frac{1}{Z} \\sum_{i,j} A^k_{ij}$$")]
+    html = build.render_page(notebook, build.page_exporter(), "CAM", None, None)
+    build.copy_mathjax(tmp_path)
+    assert re.findall(r"<script[^>]*\bsrc=\"([^\"]*)\"", html) == [build.MATHJAX_URL]
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)
+    script, config = re.fullmatch(r"([^?]+)\?config=([^,]+),Safe", build.MATHJAX_URL).groups()
+    assert (tmp_path / script).is_file() and (tmp_path / "mathjax" / "config" / f"{config}.js").is_file()
