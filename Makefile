@@ -21,7 +21,7 @@ lab: setup  ## start JupyterLab on the course: notebooks/ and the assignments in
 test: lint unit notebooks  ## ruff, the unit tests, then every notebook top to bottom
 
 lint: setup
-	$(BIN)/ruff check vislib tests notebooks benchmarks book
+	$(BIN)/ruff check vislib tests notebooks benchmarks book assignments/source
 
 unit: setup
 	$(BIN)/pytest tests

@@ -79,7 +79,7 @@ def graded(course) -> Path:
 
 
 def test_there_is_an_assignment_per_part_of_the_lecture():
-    assert set(NAMES) >= {"saliency"}
+    assert set(NAMES) == {"activations", "embeddings", "saliency", "cam", "optimisation", "style"}
     for name in NAMES:
         assert (COURSE / "source" / name / f"{name}.ipynb").is_file()
 
@@ -94,17 +94,18 @@ def test_the_committed_learners_versions_equal_a_fresh_generation(course):
 
 
 def hidden_lines(source: str) -> set[str]:
-    """The lines that learners must not see: solutions and hidden tests (long enough to be telling)."""
-    hidden, inside = set(), False
+    """The lines that learners must not see: those of solutions and hidden tests that are long
+    enough to be telling and that the source does not also show outside them."""
+    hidden, shown, inside = set(), set(), False
     for line in source.splitlines():
         marker = line.strip()
         if re.fullmatch(r"### BEGIN (SOLUTION|HIDDEN TESTS)", marker):
             inside = True
         elif re.fullmatch(r"### END (SOLUTION|HIDDEN TESTS)", marker):
             inside = False
-        elif inside and len(marker) >= 12:
-            hidden.add(marker)
-    return hidden
+        elif len(marker) >= 12:
+            (hidden if inside else shown).add(marker)
+    return {line for line in hidden if not any(line in visible for visible in shown)}
 
 
 def test_the_learners_versions_hold_none_of_the_solution_lines(course):

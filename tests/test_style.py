@@ -47,6 +47,14 @@ def test_gram_matrix_against_a_loop_and_its_invariance_to_position():
     assert torch.allclose(gram_matrix(shuffled), gram_matrix(features), atol=1e-6)  # where is forgotten
 
 
+def test_gram_matrix_without_normalisation_is_the_plain_sum():
+    features = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+    assert torch.equal(gram_matrix(features, normalize=False), torch.tensor([[[5.0, 11.0], [11.0, 25.0]]]))
+    features = torch.randn(2, 5, 3, 4)
+    assert torch.allclose(gram_matrix(features, normalize=False), gram_matrix(features) * 5 * 3 * 4, atol=1e-5)
+    assert torch.equal(gram_matrix(features, normalize=True), gram_matrix(features))  # the default
+
+
 def test_losses_by_hand():
     target = torch.tensor([[[[3.0, 4.0]]]])
     assert content_loss(target, target) == 0

@@ -121,16 +121,18 @@ def extract(net: nn.Sequential, rgb: torch.Tensor, layers) -> dict[str, torch.Te
 # --------------------------------------------------------------------------- losses
 
 
-def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+def gram_matrix(features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """G[b, i, j] = sum over positions of F[b, i] * F[b, j], divided by C*H*W: [B,C,C].
 
     The division makes Grams of different layers and image sizes comparable (an average
-    co-activation rather than a sum that grows with the image).
+    co-activation rather than a sum that grows with the image). ``normalize=False`` returns the
+    plain sums F F^T, the Gram matrix of Gatys et al.'s formulas.
     """
     features = as_batch(features)
     b, c, h, w = features.shape
     flat = features.reshape(b, c, h * w)
-    return flat @ flat.transpose(1, 2) / (c * h * w)
+    gram = flat @ flat.transpose(1, 2)
+    return gram / (c * h * w) if normalize else gram
 
 
 def _relative_error(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,19 @@ calls it, makes that an error too).
 
 One module per assignment; each lists its checks in ``__all__``."""
 
+from vislib.checks.activations import *  # noqa: F403
+from vislib.checks.activations import __all__ as _activations
+from vislib.checks.cam import *  # noqa: F403
+from vislib.checks.cam import __all__ as _cam
+from vislib.checks.embeddings import *  # noqa: F403
+from vislib.checks.embeddings import __all__ as _embeddings
 from vislib.checks.harness import NotImplementedYet, unless_unimplemented
+from vislib.checks.optimisation import *  # noqa: F403
+from vislib.checks.optimisation import __all__ as _optimisation
 from vislib.checks.saliency import *  # noqa: F403
 from vislib.checks.saliency import __all__ as _saliency
+from vislib.checks.style import *  # noqa: F403
+from vislib.checks.style import __all__ as _style
 
-__all__ = ["NotImplementedYet", "unless_unimplemented", *_saliency]
+__all__ = ["NotImplementedYet", "unless_unimplemented",
+           *_activations, *_cam, *_embeddings, *_optimisation, *_saliency, *_style]

@@ -19,8 +19,23 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from threadpoolctl import threadpool_limits
 
 from vislib.hooks import model_state, state_changes
+
+
+def layer_input(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """What ``layer`` receives when ``model`` reads ``x`` (a copy): the result of typical mistakes
+    that read a hook's ``args`` instead of its output, or the wrong linear layer's input."""
+    store = {}
+    handle = model.get_submodule(layer).register_forward_pre_hook(
+        lambda module, args: store.__setitem__("x", args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return store["x"]
 
 NOT_IMPLEMENTED = "not implemented yet"
 
@@ -46,7 +61,8 @@ def exercise(name: str, summary: str):
                 raise TypeError(f"pass your function itself to the check, e.g. checks.{name}({name}), "
                                 f"not {type(fn).__name__}")
             try:
-                check(fn)
+                with _apart_from_the_learner():
+                    check(fn)
             except NotImplementedError:
                 if strict:
                     raise NotImplementedYet(f"{name}: {NOT_IMPLEMENTED}") from None
@@ -58,6 +74,20 @@ def exercise(name: str, summary: str):
         return run
 
     return decorate
+
+
+@contextmanager
+def _apart_from_the_learner():
+    """A check neither reseeds the learner's global random state (the case models are built from
+    seeds) nor competes with itself for a small shared CPU: its tiny models and t-SNE run on one
+    thread (several threads wait for each other when other programs share the cores)."""
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]), threadpool_limits(1):
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
 
 @contextmanager
@@ -96,7 +126,7 @@ def call(name: str, fn: Callable, *args, models: Iterable[nn.Module] = (), forbi
     result = seen.result
     if seen.called:
         raise AssertionError(f"your {name} calls vislib's own implementation ({forbidden.names()}): the exercise "
-                             "is to write it yourself with torch; vislib's version is what the check compares with")
+                             "is to write it yourself; vislib's version is what the check compares with")
     for model, state in zip(models, before):
         changes = state_changes(state, model_state(model))
         if changes:
@@ -160,17 +190,18 @@ def expect(name: str, got, expected: torch.Tensor, mistakes: dict[str, torch.Ten
         raise AssertionError(f"your {name} must return a torch.Tensor ({what}), got {type(got).__name__}")
     got = got.detach().to(expected.device, expected.dtype) if got.is_floating_point() else got.detach()
     for hint, wrong in (mistakes or {}).items():
-        if got.shape == wrong.shape and not _close(expected, wrong, rtol, atol) and _close(got, wrong, rtol, atol):
+        if got.shape == wrong.shape and not close(expected, wrong, rtol, atol) and close(got, wrong, rtol, atol):
             raise AssertionError(f"your {name} gives a different {what}: {hint}")
     if got.shape != expected.shape:
         raise AssertionError(f"your {name} returns shape {list(got.shape)}; expected {list(expected.shape)} ({what})")
     if not torch.isfinite(got).all():
         raise AssertionError(f"your {name} returns NaN or infinite values; look for a division by zero")
-    if not _close(got, expected, rtol, atol):
+    if not close(got, expected, rtol, atol):
         raise AssertionError(f"your {name} gives a different {what}: {_describe(got, expected)}")
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float) -> bool:
+def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+    """Same shape and equal up to ``rtol`` and ``atol`` times the larger of 1 and b's largest value."""
     scale = b.abs().max().item() if b.numel() else 0.0
     return a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol * max(1.0, scale))
 

@@ -1,0 +1,217 @@
+"""Checks of the CAM assignment: ``class_activation_map``, ``grad_cam``, ``guided_grad_cam``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vislib import cam, hooks, saliency
+from vislib.checks.cases import FC, LAYER, Case, cases, small_cnn
+from vislib.checks.harness import Forbidden, call, exercise, expect
+from vislib.checks.saliency import EACH_OWN_TARGET, LOGIT_NOT_PROBABILITY, _log_probability, _probability
+
+__all__ = ["class_activation_map", "grad_cam", "guided_grad_cam"]
+
+NOT_NORMALISED = "return the raw map: no normalisation (no division by its maximum, no min-max scaling)"
+LAYER_OUTPUT = ("use the layer's output A^k and the gradient with respect to that output (a forward hook's "
+                "`output`), not the layer's input")
+OUTPUT_GRADIENT = ("take alpha from the gradient with respect to the layer's output (a full backward hook's "
+                   "grad_output), not its input (grad_input)")
+INPLACE = ("the layer is a ReLU that works in place, and register_full_backward_hook cannot handle that: catch "
+           "the gradient with a hook on the layer's output tensor (output.register_hook in a forward hook) or "
+           "with torch.autograd.grad(score, output)")
+# vislib's CAM family and its hook recorder: the exercises are to write these with torch's own hooks.
+_FORBIDDEN_CAM = (cam.cam, cam.grad_cam, cam.guided_grad_cam, hooks.capture)
+
+
+def _object_case() -> Case:
+    """Random weights see little structure in uniform noise, so their maps tend to have one sign
+    everywhere; objects on a background give maps of both signs, where a missing or extra ReLU shows."""
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(11))
+    x[0, :, :, :6] *= 0.1
+    x[0, 0, :, 6:] += 1.5
+    x[1, :, 3:9, 3:9] = torch.tensor([1.5, -1.0, 0.5])[:, None, None]
+    return Case("no BatchNorm, 2 images of 12x12 with objects, targets [1, 4]",
+                small_cnn(9, inplace=False, batchnorm=False), x, torch.tensor([1, 4]))
+
+
+def _cases() -> list[Case]:
+    return [*cases(), _object_case()]
+
+
+def _tolerance(expected: torch.Tensor) -> float:
+    """An absolute tolerance relative to the map's own scale: random-weight maps are small (about 1e-3)."""
+    return 1e-4 * max(expected.abs().max().item(), 1e-12)
+
+
+def _divided(maps: torch.Tensor, by: torch.Tensor) -> torch.Tensor:
+    """Each map divided by its own ``by`` value (a flat map stays as it is)."""
+    return maps / torch.where(by == 0, torch.ones_like(by), by)[:, None, None]
+
+
+def _per_image_max(maps: torch.Tensor) -> torch.Tensor:
+    return _divided(maps, maps.flatten(1).amax(1))
+
+
+def _min_max(maps: torch.Tensor) -> torch.Tensor:
+    low = maps.flatten(1).amin(1)
+    return _divided(maps - low[:, None, None], maps.flatten(1).amax(1) - low)
+
+
+def _map_shape(name: str, got, expected: torch.Tensor, channels: int) -> None:
+    """Hints for the shapes that typical mistakes give: an upsampled map, channels not summed."""
+    if not isinstance(got, torch.Tensor) or got.shape == expected.shape:
+        return
+    b, h, w = expected.shape
+    said = f"your {name} returns shape {list(got.shape)}; expected {list(expected.shape)}"
+    if got.ndim == 3 and got.shape[0] == b and got.shape[1] >= h and got.shape[2] >= w:
+        raise AssertionError(f"{said}: return the map at the layer's own resolution {h}x{w}, without upsampling")
+    if got.ndim == 4 and got.shape[0] == b and got.shape[2:] == (h, w) and got.shape[1] in (1, channels):
+        raise AssertionError(f"{said}: sum the weighted channels over k, one map [h,w] per image (and no "
+                             "channel dimension left)")
+
+
+@exercise("class_activation_map", "sum_k w[target,k] * f_k(x,y) per image, its own target, no ReLU, on 4 models "
+                                  "(non-square maps, one image, a batch of distinct targets).")
+def class_activation_map(fn) -> None:
+    forbidden = Forbidden(_FORBIDDEN_CAM)
+    for case in _cases():
+        with hooks.capture(case.model, LAYER) as recording, torch.no_grad():
+            case.model(case.x)
+        features = recording[LAYER]
+        weight = case.model.get_submodule(FC).weight.detach().clone()
+        got = call("class_activation_map", fn, features, weight, case.target, forbidden=forbidden)
+        expected = cam.cam(case.model, case.x, case.target, layer=LAYER, fc=FC, upsample=False, relu=False)
+        channels = features.shape[1]
+        _map_shape("class_activation_map", got, expected, channels)
+        mistakes = {
+            "CAM is the plain weighted sum sum_k w[target,k] f_k(x,y): no ReLU (its negative values are evidence "
+            "against the class, and they are part of the score)": expected.clamp(min=0),
+            "each image must use its own target class: fc_weight[target] gives one row of weights per image":
+                torch.einsum("k,bkhw->bhw", weight[case.target[0]], features),
+            "sum over the K channels, not their mean": expected / channels,
+            "use the fc weights as they are: dividing by the number of positions h*w gives Grad-CAM's weights, "
+            "not CAM's": expected / (expected.shape[1] * expected.shape[2]),
+            NOT_NORMALISED: _per_image_max(expected),
+            NOT_NORMALISED + " ": _min_max(expected),
+            NOT_NORMALISED + "  ": _divided(expected, expected.abs().flatten(1).amax(1)),
+        }
+        expect("class_activation_map", got, expected, mistakes, what=f"map ({case.label})",
+               atol=_tolerance(expected))
+
+
+def _layer_tensors(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: nn.Module) -> dict:
+    """The layer's input and output for ``x``, and the gradients of each image's target logit with
+    respect to both: what a learner's hooks can catch (detached)."""
+    saved = {}
+
+    def keep_input(module, args):
+        saved["input"] = args[0].detach().clone().requires_grad_(True)
+        return (saved["input"].clone(), *args[1:])  # a clone, which an inplace layer may overwrite
+
+    def keep_output(module, args, output):
+        saved["output"] = output
+
+    with hooks.frozen(model):
+        handles = [layer.register_forward_pre_hook(keep_input), layer.register_forward_hook(keep_output)]
+        try:
+            score = model(x).gather(1, target[:, None]).sum()
+            saved["input_grad"], saved["output_grad"] = torch.autograd.grad(score, [saved["input"], saved["output"]])
+        finally:
+            for handle in handles:
+                handle.remove()
+    return {name: tensor.detach() for name, tensor in saved.items()}
+
+
+def _weighted(alpha: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("bk,bkhw->bhw", alpha.expand(len(activations), -1), activations).clamp(min=0)
+
+
+def _call_with_hooks(name: str, fn, case: Case, forbidden: Forbidden):
+    """``call`` for a function that hooks the case's model, with the hint for a full backward hook
+    on an inplace ReLU (PyTorch's own error does not say what to do instead)."""
+    try:
+        return call(name, fn, case.model, case.x, case.target, LAYER, models=[case.model], forbidden=forbidden)
+    except RuntimeError as error:
+        if "BackwardHookFunction" in str(error) and "inplace" in str(error):
+            raise AssertionError(f"your {name} fails on the model with inplace ReLUs: {INPLACE}") from error
+        raise
+
+
+@exercise("grad_cam", "ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of d logit / d A_k, at the layer's "
+                      "resolution, per image and target, on 4 models (inplace ReLUs, BatchNorm, non-square).")
+def grad_cam(fn) -> None:
+    forbidden = Forbidden(_FORBIDDEN_CAM)
+    for case in _cases():
+        got = _call_with_hooks("grad_cam", fn, case, forbidden)
+        layer = case.model.get_submodule(LAYER)
+
+        def grad_cam_of(model, target=case.target, x=case.x, layer=layer, **options):
+            return cam.grad_cam(model, x, target, layer=layer, upsample=False, **options)
+
+        expected = grad_cam_of(case.model)
+        tensors = _layer_tensors(case.model, case.x, case.target, layer)
+        _map_shape("grad_cam", got, expected, tensors["output"].shape[1])
+        h, w = expected.shape[-2:]
+        mistakes = {
+            f"your map is {h * w}x larger than expected ({h}x{w} positions): did you sum the gradient over "
+            "positions instead of averaging it?": expected * (h * w),
+            "apply a ReLU to the weighted sum: Grad-CAM keeps only the evidence for the class":
+                grad_cam_of(case.model, relu=False),
+            NOT_NORMALISED: _per_image_max(expected),
+            NOT_NORMALISED + " ": _min_max(expected),
+            LOGIT_NOT_PROBABILITY: grad_cam_of(_probability(case.model)),
+            LOGIT_NOT_PROBABILITY + " ": grad_cam_of(_log_probability(case.model)),
+            EACH_OWN_TARGET: grad_cam_of(case.model, target=case.target[0].item()),
+            "alpha belongs to one image: average its gradient over the positions only (dims 2 and 3), not over "
+            "the batch": _weighted(tensors["output_grad"].mean(dim=(0, 2, 3)), tensors["output"]),
+            LAYER_OUTPUT: _weighted(tensors["input_grad"].mean(dim=(2, 3)), tensors["input"]),
+            OUTPUT_GRADIENT: _weighted(tensors["input_grad"].mean(dim=(2, 3)), tensors["output"]),
+        }
+        expect("grad_cam", got, expected, mistakes, what=f"map ({case.label})", atol=_tolerance(expected))
+
+
+@exercise("guided_grad_cam", "Guided backprop times the bilinearly upsampled Grad-CAM map, [B,3,H,W], per image "
+                             "and target, on 4 models (inplace ReLUs, BatchNorm, non-square).")
+def guided_grad_cam(fn) -> None:
+    forbidden = Forbidden(_FORBIDDEN_CAM + (saliency.guided_backprop, saliency._input_gradient, saliency.relu_rule))
+    for case in _cases():
+        got = _call_with_hooks("guided_grad_cam", fn, case, forbidden)
+        layer = case.model.get_submodule(LAYER)
+        expected = cam.guided_grad_cam(case.model, case.x, case.target, layer=layer)
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape[:1] + expected.shape[2:]:
+            raise AssertionError(f"your guided_grad_cam returns shape {list(got.shape)}; expected "
+                                 f"{list(expected.shape)}: keep the colour channels, guided backprop [B,3,H,W] "
+                                 "times the map broadcast over them (map[:, None])")
+        guided = saliency.guided_backprop(case.model, case.x, case.target)
+        coarse = cam.grad_cam(case.model, case.x, case.target, layer=layer, upsample=False)
+        signed = cam.grad_cam(case.model, case.x, case.target, layer=layer, upsample=False, relu=False)
+        tensors = _layer_tensors(case.model, case.x, case.target, layer)
+
+        def upsampled(maps, mode="bilinear", size=case.x.shape[-2:], **options):
+            return F.interpolate(maps[:, None], size=size, mode=mode, **options)
+
+        bilinear = upsampled(coarse, align_corners=False)
+        mistakes = {
+            "multiply by guided backpropagation (positive gradients only, and only where the ReLU's input was "
+            "positive), not the plain gradient": saliency.gradient(case.model, case.x, case.target) * bilinear,
+            "guided backpropagation also keeps the forward mask [h > 0] at every ReLU: yours looks like deconvnet":
+                saliency.deconvnet(case.model, case.x, case.target) * bilinear,
+            "upsample the Grad-CAM map bilinearly (mode='bilinear', align_corners=False), not to nearest-neighbour "
+            "blocks": guided * upsampled(coarse, mode="nearest"),
+            "upsample with align_corners=False (the convention of this assignment and of vislib)":
+                guided * upsampled(coarse, align_corners=True),
+            "use Grad-CAM after its ReLU (the map your grad_cam returns)":
+                guided * upsampled(signed, align_corners=False),
+            "apply Grad-CAM's ReLU before upsampling (upsample the map your grad_cam returns)":
+                guided * upsampled(signed, align_corners=False).clamp(min=0),
+            "multiply by the raw Grad-CAM map, not a normalised one":
+                guided * upsampled(_per_image_max(coarse), align_corners=False),
+            "compute Grad-CAM's gradient with the ordinary backward pass: switch guided backprop's hooks on only "
+            "for the gradient at the input": guided * upsampled(_weighted(
+                tensors["output_grad"].clamp(min=0).mean(dim=(2, 3)), tensors["output"]), align_corners=False),
+            EACH_OWN_TARGET: cam.guided_grad_cam(case.model, case.x, case.target[0].item(), layer=layer),
+            LOGIT_NOT_PROBABILITY: cam.guided_grad_cam(_probability(case.model), case.x, case.target, layer=layer),
+        }
+        expect("guided_grad_cam", got, expected, mistakes, what=f"result ({case.label})", atol=_tolerance(expected))

@@ -1,0 +1,224 @@
+"""Checks of the optimisation assignment: ``ascent_step``, ``class_visualization``, ``total_variation``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from vislib import optimize
+from vislib.checks.cases import CLASSES, cases, small_cnn
+from vislib.checks.harness import Forbidden, call, close, exercise, expect
+from vislib.checks.style import check_total_variation
+from vislib.hooks import frozen
+
+__all__ = ["ascent_step", "class_visualization", "total_variation"]
+
+LOGIT_NOT_PROBABILITY = ("climb the raw class score (the logit, before the softmax), not the probability or the "
+                         "log-probability")
+START_SCALE = 0.1  # the start is START_SCALE * N(0, 1) noise drawn from a generator seeded with ``seed``
+VISUALIZE = Forbidden((optimize.visualize,))
+
+
+def _norm(g: torch.Tensor) -> torch.Tensor:
+    """Each image's L2 norm, shaped to divide the batch [B,1,1,1]."""
+    return g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (g.ndim - 1))
+
+
+def _gradient(model: nn.Module, image: torch.Tensor, target: torch.Tensor, l2: float, score=None,
+              penalty: float = -1.0) -> torch.Tensor:
+    """d/dI of sum_b score(logits)[b, target_b] + penalty * l2 * ||I||^2: the objective's gradient by
+    default (logits, penalty subtracted); another ``score`` or ``penalty`` gives a typical mistake's."""
+    x = image.detach().clone().requires_grad_(True)
+    with frozen(model):
+        scores = model(x) if score is None else score(model(x))
+        objective = scores.gather(1, target[:, None]).sum() + penalty * l2 * x.square().sum()
+        (grad,) = torch.autograd.grad(objective, x)
+    return grad
+
+
+# --------------------------------------------------------------------------- ascent_step
+
+STEP_SETTINGS = ((0.5, 5e-4), (0.3, 1e-3), (0.2, 2e-3))  # (lr, l2) for the three cases
+
+
+@exercise("ascent_step", "One normalised ascent step on logit - l2 * ||I||^2, each image with its own target and "
+                         "its own gradient norm, on 3 models (inplace ReLUs, BatchNorm, a non-square batch, one "
+                         "image).")
+def ascent_step(fn) -> None:
+    for case, (lr, l2) in zip(cases(), STEP_SETTINGS):
+        _check_step(fn, case, lr, l2)
+
+
+def _check_step(fn, case, lr: float, l2: float) -> None:
+    """One case: the learner's step against the reference step and the steps of typical mistakes."""
+    image = case.x
+    got = call("ascent_step", fn, case.model, image, case.target, lr, l2, models=[case.model],
+               forbidden=VISUALIZE)
+    if not isinstance(got, torch.Tensor):
+        raise AssertionError(f"your ascent_step must return the new image as a torch.Tensor, got "
+                             f"{type(got).__name__}")
+    if got.shape != image.shape:
+        raise AssertionError(f"your ascent_step returns shape {list(got.shape)}; expected {list(image.shape)}, the "
+                             f"new image shaped like the image ({case.label})")
+    grad = _gradient(case.model, image, case.target, l2)
+    step = lr * grad / _norm(grad)
+
+    def normalised(g):
+        return lr * g / _norm(g)
+
+    score_grad = _gradient(case.model, image, case.target, 0.0)
+    mistakes = {
+        "gradient ascent climbs: add the step (image + lr * g / ||g||), don't subtract it": -step,
+        "subtract the penalty: the objective is logit - l2 * ||I||^2, so the penalty pulls the image "
+        "towards 0": normalised(_gradient(case.model, image, case.target, l2, penalty=1.0)),
+        "the gradient of l2 * ||I||^2 is 2 * l2 * I (yours misses the factor 2)":
+            normalised(score_grad - l2 * image),
+        LOGIT_NOT_PROBABILITY: normalised(_gradient(case.model, image, case.target, l2,
+                                                    score=lambda s: s.softmax(1))),
+        LOGIT_NOT_PROBABILITY + " ": normalised(_gradient(case.model, image, case.target, l2,
+                                                          score=lambda s: s.log_softmax(1))),
+        "normalise the step: divide the gradient by its L2 norm, so that each step has length lr": lr * grad,
+        "divide by the L2 norm (square root of the sum of squares), not by the mean absolute value":
+            lr * grad / grad.abs().flatten(1).mean(1).view(-1, 1, 1, 1),
+        "divide each image's gradient by its own L2 norm, not by the norm of the whole batch's gradient":
+            lr * grad / grad.norm(),
+        "normalise the gradient of the whole objective (logit and penalty together), not the logit's alone":
+            normalised(score_grad) - lr * 2 * l2 * image,
+        "each image must climb its own target class: pick logits[i, target[i]], e.g. with logits.gather":
+            normalised(_gradient(case.model, image, case.target[:1].expand(len(image)), l2)),
+        "return the new image (image + step), not the step alone": step - image,
+    }
+    expect("ascent_step", got.detach() - image, step, mistakes, what=f"step, new image - image ({case.label})")
+
+
+# --------------------------------------------------------------------------- class_visualization
+
+EVAL_MODE = ("Optimise with the model in eval mode (model.eval(): BatchNorm then uses its stored statistics and "
+             "learns nothing) and give it back in the mode you found it (was_training = model.training; ...; "
+             "model.train(was_training)).")
+
+
+def _visualization(model: nn.Module, target: int, steps: int, lr: float, l2: float, seed: int, size: int, *,
+                   start: str = "normal", scale: float = START_SCALE, sign: float = 1.0, accumulate: bool = False,
+                   clamp: bool = False) -> torch.Tensor:
+    """The reference loop (defaults) and the loops that typical mistakes run instead."""
+    generator = torch.Generator().manual_seed(seed)
+    draw = torch.randn if start == "normal" else torch.rand
+    image = scale * draw(1, 3, size, size, generator=generator)
+    targets = torch.tensor([target])
+    total = torch.zeros_like(image)
+    for _ in range(steps):
+        grad = _gradient(model, image, targets, l2)
+        total = total + grad if accumulate else grad
+        image = image + sign * lr * total / _norm(total)
+        if clamp:
+            image = image.clamp(0, 1)
+    return image
+
+
+def _visualization_models() -> list[tuple[str, nn.Module, int, int]]:
+    """(label, model, target, size): inplace ReLUs; BatchNorm in train mode; inplace ReLUs with BatchNorm."""
+    with torch.random.fork_rng(devices=[]):
+        return [("inplace ReLUs, 12x12, target 2", small_cnn(1, inplace=True, batchnorm=False), 2, 12),
+                ("BatchNorm in train mode, 10x10, target 0", small_cnn(2, inplace=False, batchnorm=True).train(), 0,
+                 10),
+                ("inplace ReLUs and BatchNorm, 8x8, target 3", small_cnn(3, inplace=True, batchnorm=True), 3, 8)]
+
+
+VIS_STEPS, VIS_LR, VIS_L2, VIS_SEED = 20, 1.0, 1e-3, 3
+
+
+@exercise("class_visualization", f"{VIS_STEPS} normalised ascent steps from the seeded start raise the target "
+                                 "logit above the other classes' mean, are deterministic for a seed, shrink with "
+                                 "the L2 penalty and leave the model (also one in train mode) as it was, on 3 "
+                                 "models.")
+def class_visualization(fn) -> None:
+    for label, model, target, size in _visualization_models():
+        _check_visualization(fn, label, model, target, size)
+
+
+def _check_visualization(fn, label: str, model: nn.Module, target: int, size: int) -> None:
+    """One model: determinism, the seed, typical mistakes, the claims, then the reference image."""
+
+    def run(seed=VIS_SEED, l2=VIS_L2):
+        got = _call_visualization(fn, model, target, VIS_STEPS, VIS_LR, l2, seed, size)
+        if not isinstance(got, torch.Tensor):
+            raise AssertionError(f"your class_visualization must return the image as a torch.Tensor, got "
+                                 f"{type(got).__name__}")
+        if got.shape != (1, 3, size, size):
+            raise AssertionError(f"your class_visualization returns shape {list(got.shape)}; expected "
+                                 f"{[1, 3, size, size]} (one image, size x size) ({label})")
+        if not torch.isfinite(got).all():
+            raise AssertionError("your class_visualization returns NaN or infinite values; look for a division "
+                                 f"by zero ({label})")
+        return got.detach().float()
+
+    def reference(steps=VIS_STEPS, **how):
+        return _visualization(model, target, steps, VIS_LR, VIS_L2, VIS_SEED, size, **how)
+
+    got, expected = run(), reference()
+    if not torch.allclose(got, run(), rtol=1e-5, atol=1e-6):
+        raise AssertionError("your class_visualization gives a different image each time for the same seed: "
+                             "draw the start from torch.Generator().manual_seed(seed), passed to torch.randn as "
+                             f"generator= ({label})")
+    if torch.allclose(got, run(seed=VIS_SEED + 1)):
+        raise AssertionError(f"your class_visualization gives the same image for seeds {VIS_SEED} and "
+                             f"{VIS_SEED + 1}: start from {START_SCALE} * torch.randn(1, 3, size, size, "
+                             f"generator=...) drawn with that seed ({label})")
+    start_hint = (f"start from {START_SCALE} * torch.randn(1, 3, size, size, generator=...) with the generator "
+                  "seeded by seed")
+    mistakes = {
+        "reset the image's gradient at every step (image.grad = None, or torch.autograd.grad): yours adds up "
+        "the gradients of all the previous steps": reference(accumulate=True),
+        "gradient ascent climbs: add the step, don't subtract it": reference(sign=-1.0),
+        f"run exactly `steps` ascent steps (yours runs {VIS_STEPS - 1})": reference(steps=VIS_STEPS - 1),
+        f"run exactly `steps` ascent steps (yours runs {VIS_STEPS + 1})": reference(steps=VIS_STEPS + 1),
+        start_hint: reference(scale=1.0),
+        start_hint + " ": reference(start="uniform"),
+        "don't clamp the image: the L2 penalty is what keeps its values small": reference(clamp=True),
+    }
+    for hint, wrong in mistakes.items():
+        if close(got, wrong, rtol=1e-4, atol=1e-5) and not close(expected, wrong, rtol=1e-4, atol=1e-5):
+            raise AssertionError(f"your class_visualization gives a different image: {hint} ({label})")
+    _claims(got, run(l2=0.0), reference(steps=0), model, target, label)
+    expect("class_visualization", got, expected, what=f"image ({label})")
+
+
+def _claims(got: torch.Tensor, free: torch.Tensor, start: torch.Tensor, model: nn.Module, target: int,
+            label: str) -> None:
+    """What any correct result shows: the target logit rose above the others', and the penalty shrank the image."""
+    with frozen(model), torch.no_grad():
+        before, after = model(start)[0], model(got)[0]
+    others = torch.cat([after[:target], after[target + 1:]]).mean()
+    if after[target] <= before[target]:
+        raise AssertionError(f"your image lowers the target logit ({before[target]:.3g} -> {after[target]:.3g}): "
+                             f"gradient ascent adds the step, image + lr * g / ||g|| ({label})")
+    if after[target] <= others:
+        raise AssertionError(f"the target logit of your image ({after[target]:.3g}) is not above the other "
+                             f"{CLASSES - 1} classes' mean ({others:.3g}): climb the target's own logit ({label})")
+    if torch.allclose(got, free):
+        raise AssertionError(f"pass l2 on to every step: with l2={VIS_L2} your image is the unregularised one "
+                             f"({label})")
+    if got.norm() >= free.norm():
+        raise AssertionError(f"with l2={VIS_L2} your image's norm ({got.norm():.3g}) should be below the "
+                             f"unregularised run's ({free.norm():.3g}): the penalty l2 * ||I||^2 is subtracted "
+                             f"from the objective, so it pulls the image towards 0 ({label})")
+
+
+def _call_visualization(fn, model: nn.Module, *args):
+    """``call``, whose hint about a changed buffer or mode also says how eval mode is entered and left."""
+    try:
+        return call("class_visualization", fn, model, *args, models=[model], forbidden=VISUALIZE)
+    except AssertionError as error:
+        if "buffer changed" in str(error) or "train/eval mode" in str(error):
+            raise AssertionError(f"{error} {EVAL_MODE}") from None
+        raise
+
+
+# --------------------------------------------------------------------------- total_variation
+
+
+@exercise("total_variation", "The sum of squared differences between vertical and horizontal neighbours, one value "
+                             "per image, on 3 batches (non-square, square, one image).")
+def total_variation(fn) -> None:
+    check_total_variation("total_variation", fn, [case.x for case in cases()])

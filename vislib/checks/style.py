@@ -1,0 +1,270 @@
+"""Checks of the neural-style assignment: ``gram_matrix``, ``content_loss``, ``style_loss``, ``tv_loss``
+and ``texture_synthesis``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vislib import optimize, style
+from vislib.checks.harness import Forbidden, call, exercise, expect
+
+__all__ = ["content_loss", "gram_matrix", "style_loss", "texture_synthesis", "tv_loss"]
+
+TEXTURE_STEPS = 30
+TEXTURE_LAYERS = ("relu1_1", "relu2_1")
+ENOUGH = 0.25  # the synthesised texture's style loss must fall below this share of random noise's
+
+
+def _features(seed: int, *shape: int) -> torch.Tensor:
+    """Random features, half of them zero like ReLU outputs, so signs and zeros both occur."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator).clamp(min=0) + 0.1 * torch.randn(*shape, generator=generator)
+
+
+def _differentiable(name: str, fn, *args) -> None:
+    """The loss must let autograd reach its input: the texture loop needs its gradient."""
+    inputs = [a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args]
+    value = fn(*inputs)
+    if isinstance(value, torch.Tensor) and not value.requires_grad:
+        raise AssertionError(f"your {name} returns a value autograd cannot differentiate: compute it with torch "
+                             "operations only (no .item(), no numpy, no torch.no_grad())")
+
+
+def _scalar(name: str, got) -> None:
+    if isinstance(got, torch.Tensor) and got.ndim != 0:
+        raise AssertionError(f"your {name} returns shape {list(got.shape)}: return one number (a 0-dim tensor), "
+                             "summed over every element including the batch")
+
+
+# --------------------------------------------------------------------------- gram_matrix
+
+_GRAM_SHAPES = ((2, 3, 4, 5), (1, 6, 3, 3), (3, 4, 2, 7))
+
+
+def _gram_shape(got, features: torch.Tensor) -> None:
+    if not isinstance(got, torch.Tensor):
+        return
+    b, c, h, w = features.shape
+    said = f"your gram_matrix returns shape {list(got.shape)}; expected {[b, c, c]}"
+    if tuple(got.shape) == (b, h * w, h * w):
+        raise AssertionError(f"{said}: the Gram matrix is F F^T (channels x channels), not F^T F (positions x "
+                             "positions): multiply flat by flat.transpose(1, 2)")
+    if tuple(got.shape) in ((c, c), (1, c, c)) and b > 1:
+        raise AssertionError(f"{said}: one Gram matrix per image; keep the batch dimension "
+                             "(features.reshape(B, C, H * W))")
+    if tuple(got.shape) == (b * c, b * c):
+        raise AssertionError(f"{said}: reshape to [B, C, H*W], not [B*C, H*W]: each image gets its own Gram matrix")
+
+
+@exercise("gram_matrix", "F F^T per image, divided by C*H*W when normalize, on batches of non-square feature "
+                         "maps, with normalize=True (the default) and False.")
+def gram_matrix(fn) -> None:
+    forbidden = Forbidden((style.gram_matrix,))
+    for seed, shape in enumerate(_GRAM_SHAPES):
+        features = _features(seed, *shape)
+        b, c, h, w = shape
+        plain = style.gram_matrix(features, normalize=False)
+        scale = c * h * w
+        mixed = features.reshape(b, h * w, c)
+        pooled = features.transpose(0, 1).reshape(c, -1)
+        one_for_all = (pooled @ pooled.T).expand(b, c, c)
+        scrambled = features.reshape(c, -1)
+        scrambled_for_all = (scrambled @ scrambled.T).expand(b, c, c)
+        batch = "reshape each image on its own, features.reshape(B, C, H*W): "
+        mistakes = {
+            "divide by C*H*W when normalize=True": plain,
+            f"divide by C*H*W, not by H*W only (yours is C = {c} times too large)": plain / (h * w),
+            "divide by C*H*W, not by C only": plain / c,
+            "reshape to [B, C, H*W] (features.reshape(B, C, -1)); a reshape to [B, H*W, C] does not move the "
+            "channels last, it mixes channels and positions": mixed.transpose(1, 2) @ mixed / scale,
+            batch + "one Gram for the whole batch mixes the images": one_for_all / scale,
+            batch + "a reshape to [C, B*H*W] mixes images and channels": scrambled_for_all / scale,
+        }
+        label = f"features of shape {list(shape)}"
+        got = call("gram_matrix", fn, features, forbidden=forbidden)
+        _gram_shape(got, features)
+        expect("gram_matrix", got, plain / scale, mistakes, what=f"Gram matrix ({label})")
+        got = call("gram_matrix", lambda f: fn(f, normalize=False), features, forbidden=forbidden)
+        _gram_shape(got, features)
+        expect("gram_matrix", got, plain, {"with normalize=False return the plain sums F F^T, without dividing":
+                                           plain / scale}, what=f"Gram matrix with normalize=False ({label})")
+
+
+# --------------------------------------------------------------------------- content_loss
+
+NOT_SQUARED = "square the distance: ||F - P||^2 / ||P||^2, not ||F - P|| / ||P||"
+NOT_ABSOLUTE = "square the differences, not their absolute values"
+
+
+@exercise("content_loss", "||F - P||^2 / ||P||^2, one differentiable number, on feature maps of 3 shapes.")
+def content_loss(fn) -> None:
+    forbidden = Forbidden((style.content_loss, style._relative_error))
+    for seed, shape in enumerate(((1, 4, 5, 6), (2, 3, 4, 4), (1, 8, 2, 3))):
+        features, target = _features(2 * seed, *shape), _features(2 * seed + 1, *shape)
+        got = call("content_loss", fn, features, target, forbidden=forbidden)
+        _scalar("content_loss", got)
+        expected = style.content_loss(features, target)
+        difference = features - target
+        mistakes = {
+            "divide by the target's squared norm ||P||^2 (so that 1 means \"as far as from zero\")":
+                difference.square().sum(),
+            "this is the mean squared error: divide the summed squared difference by the target's squared norm "
+            "||P||^2 instead": difference.square().mean(),
+            "divide by the target's ||P||^2, not by the features' own ||F||^2":
+                difference.square().sum() / features.square().sum(),
+            NOT_SQUARED: difference.norm() / target.norm(),
+            NOT_ABSOLUTE: difference.abs().sum() / target.abs().sum(),
+            "numerator and denominator must both be sums (or both means): yours mixes a mean with a sum":
+                difference.square().mean() / target.square().sum(),
+        }
+        expect("content_loss", got, expected, mistakes, what=f"loss (feature maps {list(shape)})")
+        _differentiable("content_loss", fn, features, target)
+
+
+# --------------------------------------------------------------------------- style_loss
+
+
+def _style_inputs() -> tuple[dict, dict]:
+    """Features of three layers of different sizes plus an extra (content) layer that has no target
+    Gram, and target Grams from other features."""
+    shapes = {"relu1_1": (1, 4, 6, 5), "relu2_1": (1, 8, 3, 3), "relu3_1": (1, 3, 4, 4)}
+    features = {name: _features(seed, *shape) for seed, (name, shape) in enumerate(shapes.items())}
+    features["relu4_1"] = _features(9, 1, 5, 2, 2)
+    grams = {name: style.gram_matrix(_features(10 + seed, *shape)) for seed, (name, shape) in enumerate(shapes.items())}
+    return features, grams
+
+
+@exercise("style_loss", "the mean over the target's layers of ||G(F_l) - A_l||^2 / ||A_l||^2, one differentiable "
+                        "number, on 3 layers of different sizes (and one more layer without a target).")
+def style_loss(fn) -> None:
+    forbidden = Forbidden((style.style_loss, style.content_loss, style._relative_error))
+    features, grams = _style_inputs()
+    try:
+        got = call("style_loss", fn, features, grams, forbidden=forbidden)
+    except KeyError as error:
+        raise AssertionError(f"your style_loss looks for a layer that has no target Gram ({error}): loop over "
+                             "the layers of target_grams; features may hold more layers (the content layer, say)"
+                             ) from error
+    _scalar("style_loss", got)
+    expected = style.style_loss(features, grams)
+
+    def per_layer(measure):
+        return [measure(style.gram_matrix(features[name]), target) for name, target in grams.items()]
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    squared = per_layer(lambda g, a: (g - a).square().sum())
+    mistakes = {
+        f"average over the layers (divide by their number, {len(grams)}), not their sum": expected * len(grams),
+        "divide each layer's squared difference by ||A_l||^2, the target Gram's squared norm": mean(squared),
+        "divide by the target Gram's ||A_l||^2, not by your image's own ||G_l||^2":
+            mean(per_layer(lambda g, a: (g - a).square().sum() / g.square().sum())),
+        NOT_SQUARED.replace("F - P", "G - A").replace("||P||", "||A||"):
+            mean(per_layer(lambda g, a: (g - a).norm() / a.norm())),
+        "compute the Grams the way the targets were computed, gram_matrix(features) with normalize=True":
+            mean([(style.gram_matrix(features[n], normalize=False) - a).square().sum() / a.square().sum()
+                  for n, a in grams.items()]),
+    }
+    expect("style_loss", got, expected, mistakes, what="loss (3 layers)")
+    _differentiable("style_loss", lambda *tensors: fn(dict(zip(features, tensors)), grams), *features.values())
+
+
+# --------------------------------------------------------------------------- tv_loss
+
+
+def check_total_variation(name: str, fn, images) -> None:
+    """The total variation check that the style (``tv_loss``) and the optimisation
+    (``total_variation``) assignments share: vislib.optimize.total_variation's convention, the
+    sum of squared differences between vertical and horizontal neighbours, one value per image."""
+    forbidden = Forbidden((optimize.total_variation,))
+    for image in images:
+        got = call(name, fn, image, forbidden=forbidden)
+        expected = optimize.total_variation(image)
+        dy, dx = image[..., 1:, :] - image[..., :-1, :], image[..., :, 1:] - image[..., :, :-1]
+        wrap_dy, wrap_dx = image - image.roll(1, -2), image - image.roll(1, -1)
+
+        def per_image(t):
+            return t.flatten(1).sum(1)
+
+        both = "add both directions: differences between vertical neighbours (rows) and horizontal ones (columns)"
+        mistakes = {
+            "square the differences between neighbours (beta = 2), not their absolute values":
+                per_image(dy.abs()) + per_image(dx.abs()),
+            both: per_image(dx.square()),
+            both + " ": per_image(dy.square()),
+            "sum the squared differences over channels and pixels, don't average them":
+                dy.square().flatten(1).mean(1) + dx.square().flatten(1).mean(1),
+            "compare each pixel with its neighbours inside the image: torch.roll also pairs the last row (column) "
+            "with the first": per_image(wrap_dy.square()) + per_image(wrap_dx.square()),
+            "differences between neighbouring pixels only (rows and columns), not between colour channels":
+                expected + per_image((image[:, 1:] - image[:, :-1]).square()),
+            "no square root: this total variation adds up the squared differences themselves":
+                per_image((dy[..., :, :-1].square() + dx[..., :-1, :].square()).sqrt()),
+            "return one value per image, shape [B]: sum over channels, rows and columns, not over the batch":
+                expected.sum(),
+        }
+        expect(name, got, expected, mistakes, what=f"total variation (images {list(image.shape)})")
+        _differentiable(name, lambda x: fn(x).sum(), image)
+
+
+@exercise("tv_loss", "the sum of squared differences between vertical and horizontal neighbours, one value per "
+                     "image, on non-square batches.")
+def tv_loss(fn) -> None:
+    check_total_variation("tv_loss", fn, [torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+                                          for seed, shape in enumerate(((2, 3, 5, 7), (1, 3, 6, 4)))])
+
+
+# --------------------------------------------------------------------------- texture_synthesis
+
+
+def _stripes(size: int = 32) -> torch.Tensor:
+    """A small texture [1,3,S,S] in [0, 1]: coloured diagonal stripes with a little noise."""
+    rows, cols = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    waves = torch.stack([0.5 + 0.4 * torch.sin((rows + cols) * 2 * math.pi / 8 + phase) for phase in (0, 2, 4)])
+    noise = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return (waves[None] + 0.1 * noise).clamp(0, 1)
+
+
+@exercise("texture_synthesis", f"from noise, {TEXTURE_STEPS} steps lower the style loss of a 32x32 texture "
+                               f"below {ENOUGH:.0%} of random noise's, without copying it or changing the network.")
+def texture_synthesis(fn) -> None:
+    forbidden = Forbidden((style.texture_synthesis, style.style_transfer, style._synthesise))
+    net = style.vgg19_features.__wrapped__(False, seed=0, last=TEXTURE_LAYERS[-1])  # a fresh copy, not the cached one
+    texture = _stripes()
+    got = call("texture_synthesis", fn, net, texture, TEXTURE_LAYERS, TEXTURE_STEPS, models=[net], forbidden=forbidden)
+    if not isinstance(got, torch.Tensor):
+        raise AssertionError(f"your texture_synthesis must return the image as a torch.Tensor, got "
+                             f"{type(got).__name__}")
+    if got.shape != texture.shape:
+        raise AssertionError(f"your texture_synthesis returns shape {list(got.shape)}; expected {list(texture.shape)}, "
+                             "an image the size of the style image")
+    got = got.detach()
+    if not torch.isfinite(got).all():
+        raise AssertionError("your texture_synthesis returns NaN or infinite pixels: lower the learning rate")
+    if got.min() < 0 or got.max() > 1:
+        raise AssertionError(f"your texture_synthesis returns pixels in [{got.min():.2f}, {got.max():.2f}]: clamp them "
+                             "to [0, 1] after each step (inside torch.no_grad(), image.clamp_(0, 1))")
+    correlation = torch.corrcoef(torch.stack([got.flatten(), texture.flatten()]))[0, 1].item()
+    if correlation > 0.9:
+        raise AssertionError(f"your texture is a copy of the style image (pixel correlation {correlation:.2f}): start "
+                             "from noise and match only the Gram matrices (style_loss), not the feature maps")
+
+    with torch.no_grad():
+        targets = {n: style.gram_matrix(f) for n, f in style.extract(net, texture, TEXTURE_LAYERS).items()}
+
+        def loss(image):
+            return style.style_loss(style.extract(net, image, TEXTURE_LAYERS), targets).item()
+
+        noise = loss(torch.rand(texture.shape, generator=torch.Generator().manual_seed(1)))
+        reached = loss(got)
+    if reached > noise:
+        raise AssertionError(f"your texture's style loss {reached:.3g} is higher than random noise's ({noise:.3g}): "
+                             "minimise the loss (loss.backward(), then optimizer.step()), don't maximise it")
+    if reached > ENOUGH * noise:
+        raise AssertionError(f"your texture's style loss {reached:.3g} is {reached / noise:.0%} of random noise's "
+                             f"({noise:.3g}) after {TEXTURE_STEPS} steps; it should fall below {ENOUGH:.0%}: optimise "
+                             "the image's pixels (requires_grad=True), zero the gradient and call optimizer.step() "
+                             "at every step (L-BFGS with lr=1, or Adam with lr=0.05)")
