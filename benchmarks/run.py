@@ -174,6 +174,91 @@ def grad_cam_case(model, x, target, layer):
     }
 
 
+PGC_NAMES = {"grad_cam_pp": "GradCAMPlusPlus", "xgrad_cam": "XGradCAM", "layer_cam": "LayerCAM",
+             "hires_cam": "HiResCAM", "eigen_cam": "EigenCAM", "score_cam": "ScoreCAM", "ablation_cam": "AblationCAM"}
+TORCHCAM_NAMES = {"grad_cam_pp": "GradCAMpp", "xgrad_cam": "XGradCAM", "layer_cam": "LayerCAM", "score_cam": "ScoreCAM"}
+PERTURBATION_BATCHES = (16, 32, 64)
+
+
+def forward_to_layer_floor(model: nn.Module, x: torch.Tensor, layer: str):
+    """One forward pass up to ``layer`` and no further, without gradients: all Eigen-CAM must run."""
+    model, x = copy.deepcopy(model), fast_layout(x)
+
+    class Reached(Exception):
+        pass
+
+    def stop(module, inputs, output):
+        raise Reached
+
+    model.get_submodule(layer).register_forward_hook(stop)
+
+    @torch.no_grad()
+    def run():
+        try:
+            model(x)
+        except Reached:
+            pass
+
+    return run
+
+
+def cam_family_case(model, x, target, layer, method):
+    """A CAM variant against pytorch-grad-cam's and (where it has it) torchcam's. Floors: the forward
+    and backward passes to the layer for the gradient methods; the forward pass to the layer for
+    Eigen-CAM; for Score-CAM and Ablation-CAM one forward pass per channel and image, in batches."""
+    import pytorch_grad_cam
+    import torchcam.methods
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    perturbation = method in ("score_cam", "ablation_cam")
+    pgc_targets = [ClassifierOutputTarget(int(t)) for t in target]
+    contenders = {"vislib": (lambda: getattr(cam, method)(model, x, target, layer=layer, progress=False))
+                  if perturbation else (lambda: getattr(cam, method)(model, x, target, layer=layer))}
+    pgc_model = copy.deepcopy(model)
+    pgc_class = getattr(pytorch_grad_cam, PGC_NAMES[method])
+    for batch in PERTURBATION_BATCHES if perturbation else (None,):
+        extractor = pgc_class(pgc_model, target_layers=[pgc_model.get_submodule(layer)])
+        label = "pytorch-grad-cam" if batch is None else f"pytorch-grad-cam (batch_size={batch})"
+        if batch is not None:
+            extractor.batch_size = batch
+        contenders[label] = lambda extractor=extractor: extractor(x, pgc_targets)
+    if method in TORCHCAM_NAMES:
+        tc_model = copy.deepcopy(model)
+        tc_class = getattr(torchcam.methods, TORCHCAM_NAMES[method])
+        for batch in PERTURBATION_BATCHES if perturbation else (None,):
+            options = {} if batch is None else {"batch_size": batch}
+            extractor = tc_class(tc_model, target_layer=layer, input_shape=tuple(x.shape[1:]), **options)
+            label = "torchcam" if batch is None else f"torchcam (batch_size={batch})"
+            if perturbation:
+                def run(extractor=extractor):
+                    with torch.no_grad():
+                        tc_model(x)
+                    extractor(target.tolist())
+            else:
+                def run(extractor=extractor):
+                    extractor(target.tolist(), tc_model(x))
+            contenders[label] = run
+    if perturbation:
+        channels = _channels_of(model, x, layer)
+        for batch in PERTURBATION_BATCHES:
+            contenders[f"floor (batches of {batch})"] = forwards_floor(model, x, len(x) * channels, batch)
+    elif method == "eigen_cam":
+        contenders["floor"] = forward_to_layer_floor(model, x, layer)
+    else:
+        contenders["floor"] = backward_to_layer_floor(model, x, target, layer)
+    return contenders
+
+
+def _channels_of(model: nn.Module, x: torch.Tensor, layer: str) -> int:
+    """How many channels ``layer`` outputs for images like ``x``."""
+    seen = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    with torch.no_grad():
+        model(x[:1])
+    handle.remove()
+    return seen[0]
+
+
 def gradient_case(model, x, target, method):
     from captum.attr import GuidedBackprop, Saliency
 
@@ -300,6 +385,12 @@ def cases() -> list[Case]:
              min_rounds=5),
         Case("occlusion, window 16, stride 8", "ShapesNet", 224, 1, lambda: occlusion_case(*shapes(1, size=224)),
              min_rounds=5),
+        *[Case(label, "ResNet-18 (random)", 224, 8, lambda method=method: cam_family_case(*photos(), "layer4", method))
+          for label, method in (("Grad-CAM++", "grad_cam_pp"), ("XGrad-CAM", "xgrad_cam"), ("LayerCAM", "layer_cam"),
+                                ("HiResCAM", "hires_cam"), ("Eigen-CAM", "eigen_cam"))],
+        *[Case(f"{label}, 128 channels", "ShapesNet", 64, 8,
+               lambda method=method: cam_family_case(*shapes(8), "features.relu4", method), min_rounds=5)
+          for label, method in (("Score-CAM", "score_cam"), ("Ablation-CAM", "ablation_cam"))],
         Case("top_patches, 1,000 images", "ShapesNet", 64, 1000, lambda: top_patches_case(1000)),
         Case("top_patches, 10,000 images", "ShapesNet", 64, 10_000, lambda: top_patches_case(10_000)),
     ]

@@ -243,3 +243,120 @@ def test_randomisation_with_maps_per_pixel_and_constant_maps():
         metrics.randomization_test(model, x, saliency.gradient, layers=["fc2"])
     with pytest.raises(ValueError, match="reset_parameters"):
         metrics.randomization_test(model, x, saliency.gradient, layers=["relu1"], progress=False)
+
+
+# --------------------------------------------------------------------------- average drop, increase, ROAD
+
+
+class SumScore(torch.nn.Module):
+    """Two classes with logits [sum of pixels, 0]: class 0's probability is sigmoid(sum)."""
+
+    def forward(self, x):
+        total = x.flatten(1).sum(1)
+        return torch.stack([total, torch.zeros_like(total)], dim=1)
+
+
+def test_average_drop_and_increase_in_confidence_by_hand():
+    images = torch.tensor([[[[1.0, 2.0], [-3.0, 0.5]]], [[[1.0, 2.0], [-3.0, 0.5]]]])  # sum 0.5
+    maps = torch.tensor([[[1.0, 0.0], [0.0, 0.0]],    # keeps pixel 1.0: logit 1
+                         [[4.0, 4.0], [0.0, 2.0]]])   # scaled to [1, 1, 0, .5]: logit 1 + 2 + 0.25 = 3.25
+    full = torch.sigmoid(torch.tensor(0.5))
+    masked = torch.sigmoid(torch.tensor([1.0, 3.25]))
+    model = SumScore()
+    assert torch.allclose(metrics.average_drop(model, images, maps, target=0), torch.zeros(2))  # both rose
+    assert metrics.increase_in_confidence(model, images, maps, target=0).tolist() == [1.0, 1.0]
+    drop = metrics.average_drop(model, images, maps, target=1)  # class 1's probability falls
+    assert torch.allclose(drop, ((1 - full) - (1 - masked)) / (1 - full), atol=1e-6)
+    assert metrics.increase_in_confidence(model, images, maps, target=1).tolist() == [0.0, 0.0]
+    flat = metrics.average_drop(model, images, torch.zeros(2, 2, 2), target=0)  # a flat map hides everything
+    assert torch.allclose(flat, (full - 0.5) / full * torch.ones(2), atol=1e-6) and torch.isfinite(flat).all()
+
+
+def test_average_drop_and_increase_match_torchcam(shapes_model, held_out):
+    from functools import partial
+
+    from torchcam.methods import GradCAM
+    from torchcam.metrics import ClassificationMetric
+
+    from vislib.cam import grad_cam
+
+    x, targets = held_out.images[:16], held_out.labels[:16]
+    # torchcam's metric explains the scores it is given, here the softmax probabilities, so its maps
+    # are Grad-CAM of the probability: the same maps from vislib come from the model with a softmax on top
+    probabilities = nn.Sequential(shapes_model, nn.Softmax(dim=1))
+    maps = grad_cam(probabilities, x, targets, layer="0.features.relu4", upsample=False)
+    with GradCAM(shapes_model, target_layer="features.relu4", input_shape=(3, 64, 64)) as extractor:
+        metric = ClassificationMetric(extractor, partial(torch.softmax, dim=-1))
+        metric.update(x, class_idx=targets.tolist())
+        expected = metric.summary()
+    assert abs(metrics.average_drop(shapes_model, x, maps, targets).mean().item() - expected["avg_drop"]) < 1e-5
+    assert metrics.increase_in_confidence(shapes_model, x, maps, targets).mean().item() == expected["conf_increase"]
+
+
+def test_impute_linearly_by_hand_and_like_pytorch_grad_cam():
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    image = torch.arange(9.0).view(1, 3, 3)
+    keep = torch.ones(3, 3, dtype=torch.bool)
+    keep[1, 1] = False
+    centre = (1 + 3 + 5 + 7) / 6 + (0 + 2 + 6 + 8) / 12  # its 8 neighbours, 1/6 beside and 1/12 diagonal
+    assert torch.allclose(metrics.impute_linearly(image, keep)[0, 1, 1], torch.tensor(centre))
+    generator = torch.Generator().manual_seed(3)
+    picture = torch.rand(3, 9, 7, generator=generator)
+    keep = torch.rand(9, 7, generator=generator) > 0.6  # most pixels missing, corners and borders too
+    theirs = NoisyLinearImputer(noise=0.0)(picture, keep.float())
+    ours = metrics.impute_linearly(picture, keep)
+    assert torch.allclose(ours, theirs, atol=1e-5) and torch.equal(ours[:, keep], picture[:, keep])
+
+
+def test_road_matches_pytorch_grad_cam(shapes_model, held_out, monkeypatch):
+    from pytorch_grad_cam.metrics.road import ROADCombined
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    from vislib.cam import grad_cam
+
+    x, targets = held_out.images[:4], held_out.labels[:4]
+    maps = grad_cam(shapes_model, x, targets)
+    monkeypatch.setattr(torch, "randn_like", torch.zeros_like)  # its imputer's noise, off for the comparison
+    expected = ROADCombined(percentiles=[20, 50, 80])(x, maps.numpy(), [ClassifierOutputSoftmaxTarget(int(t))
+                                                                         for t in targets], shapes_model)
+    monkeypatch.undo()
+    with untouched(shapes_model):
+        ours = metrics.road(shapes_model, x, maps, targets, percentiles=(20, 50, 80), noise=0.0)
+    assert torch.allclose(ours, torch.as_tensor(expected), atol=1e-5)
+
+
+def test_road_by_hand_and_its_arguments():
+    """One pixel carries the class: a map that points at it scores higher than one that points away."""
+    image = torch.zeros(1, 1, 4, 4)
+    image[0, 0, 1, 2] = 3.0
+    good = torch.zeros(1, 4, 4)
+    good[0, 1, 2] = 1.0
+    bad = 1.0 - good
+    model = SumScore()
+    assert metrics.road(model, image, good, target=0, noise=0.0) > metrics.road(model, image, bad, target=0, noise=0.0)
+    same_seed = metrics.road(model, image, good + torch.rand(1, 4, 4) * 0.1, target=0, seed=5)
+    assert torch.isfinite(same_seed).all()
+    with pytest.raises(ValueError, match="percentiles"):
+        metrics.road(model, image, good, target=0, percentiles=(0, 50))
+    with pytest.raises(ValueError, match="maps"):
+        metrics.road(model, image, torch.zeros(1, 3, 3), target=0)
+
+
+def test_scoreboard_scores_every_method_and_the_baselines(shapes_model, held_out):
+    from vislib import cam
+
+    x, masks, targets = held_out.images[:4], held_out.masks[:4], held_out.labels[:4]
+    with untouched(shapes_model):
+        board = metrics.scoreboard(shapes_model, x, masks, {"Grad-CAM": cam.grad_cam, "Eigen-CAM": cam.eigen_cam},
+                                   target=targets, steps=4, progress=False)
+    assert list(board) == ["Grad-CAM", "Eigen-CAM", "centre baseline", "random baseline"]
+    for row in board.values():
+        assert list(row) == list(metrics.SCOREBOARD_COLUMNS) and all(math.isfinite(v) for v in row.values())
+    maps = cam.grad_cam(shapes_model, x, targets)
+    assert board["Grad-CAM"]["pointing"] == metrics.pointing_game(maps, masks).mean().item()
+    assert board["Grad-CAM"]["insertion"] == metrics.insertion_auc(shapes_model, x, maps, targets, steps=4,
+                                                                   progress=False).mean().item()
+    # Eigen-CAM never reads the classifier and the baselines never read the model: randomising fc changes nothing
+    assert board["Eigen-CAM"]["sanity"] > 0.999 and board["random baseline"]["sanity"] > 0.999
+    assert board["Grad-CAM"]["sanity"] < 0.9

@@ -23,14 +23,16 @@ image's own target, bilinearly upsampled to the input size unless ``upsample=Fal
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vislib.conventions import as_batch, logits_of, model_input, resolve_target, selected_scores
+from vislib.conventions import as_batch, copies_per_pass, logits_of, model_input, resolve_target, selected_scores
 from vislib.hooks import capture, get_layer, layer_name, uses_model
 from vislib.models import ShapesNet
-from vislib.saliency import guided_backprop
+from vislib.saliency import guided_backprop, logits_of_copies
 
 SHAPES_NET_LAYER = "features.relu4"
 SHAPES_NET_FC = "fc"
@@ -48,11 +50,30 @@ def _default(model: nn.Module, value, shapes_net_value: str, what: str):
     )
 
 
-def _class_map(model: nn.Module, x, target, layer, channel_weights, upsample: bool, relu: bool,
-               needs_gradients: bool) -> torch.Tensor:
+@dataclass
+class LayerRecord:
+    """What a method's weighting can use: the layer's activations A [B,K,h,w], the gradient of
+    each image's class score with respect to them (None for gradient-free methods), the classes,
+    the logits, and (for the perturbation methods) the model, the input and the layer."""
+
+    activations: torch.Tensor
+    gradients: torch.Tensor | None
+    classes: torch.Tensor
+    logits: torch.Tensor
+    model: nn.Module
+    x: torch.Tensor
+    layer: str
+    batch_size: int | None = None
+    progress: bool = True
+
+
+def _class_map(model: nn.Module, x, target, layer, weighting, upsample: bool, relu: bool,
+               needs_gradients: bool, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
     """The core every CAM method shares: record ``layer`` (and its gradient), resolve one target
-    per image, ask ``channel_weights(activations, gradients, classes, logits)`` for alpha [B,K],
-    and return ``ReLU(sum_k alpha_k A_k)`` [B,h,w], upsampled to the input size when asked."""
+    per image, ask ``weighting(record)`` for the weights W, and return ``ReLU(sum_k W_k A_k)``
+    [B,h,w], upsampled to the input size when asked. W is [B,K] (one weight per channel) or
+    [B,K,h,w] (one per channel and position: HiResCAM, LayerCAM); a weighting may also return
+    ``(W, offset)`` with an offset [B] added to each map (Eigen-CAM's centring)."""
     x = as_batch(x)
     name = layer_name(model, layer)
     with capture(model, name, grads=needs_gradients) as recording:
@@ -74,8 +95,15 @@ def _class_map(model: nn.Module, x, target, layer, channel_weights, upsample: bo
     gradients = recording.gradients.get(name)
     if needs_gradients and gradients is None:
         raise ValueError(f"layer {name!r} received no gradient: the class score does not depend on it")
-    weights = channel_weights(activations, gradients, classes, logits.detach())
-    maps = torch.einsum("bk,bkhw->bhw", weights, activations)
+    weights = weighting(LayerRecord(activations, gradients, classes, logits.detach(), model, x, name, batch_size,
+                                    progress))
+    weights, offset = weights if isinstance(weights, tuple) else (weights, None)
+    if weights.ndim == 2:
+        maps = torch.einsum("bk,bkhw->bhw", weights.to(activations.dtype), activations)
+    else:
+        maps = (weights * activations).sum(dim=1)
+    if offset is not None:
+        maps = maps + offset.view(-1, 1, 1)
     if relu:
         maps = maps.clamp(min=0)
     if upsample:
@@ -98,7 +126,8 @@ def cam(model: nn.Module, x, target=None, layer=None, fc=None, upsample: bool = 
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"fc must be the nn.Linear after global average pooling, got {type(linear).__name__}")
 
-    def fc_weights(activations, gradients, classes, logits):
+    def fc_weights(record):
+        activations, classes, logits = record.activations, record.classes, record.logits
         if activations.shape[1] != linear.in_features:
             raise ValueError(
                 f"layer has {activations.shape[1]} channels but fc expects {linear.in_features} inputs: "
@@ -129,9 +158,9 @@ def _check_gap_linear_head(activations, weights, linear, classes, logits):
         )
 
 
-def _mean_gradient(activations, gradients, classes, logits):
+def _mean_gradient(record):
     """Grad-CAM's channel weights: the score's gradient averaged over the feature map."""
-    return gradients.mean(dim=(2, 3))
+    return record.gradients.mean(dim=(2, 3))
 
 
 @uses_model
@@ -155,3 +184,154 @@ def guided_grad_cam(model: nn.Module, x, target=None, layer=None) -> torch.Tenso
     x = as_batch(x)
     coarse = grad_cam(model, x, target=target, layer=layer, upsample=True)
     return guided_backprop(model, x, target=target) * coarse[:, None]
+
+
+# --------------------------------------------------------------------------- the wider CAM family
+# Each method below supplies only its weighting; _class_map does the rest. The formulas follow the
+# papers and pytorch-grad-cam (1.5); tests/test_cam_family.py compares every method with it and,
+# where it has the method, with torchcam (0.5), and explains each difference by design.
+
+
+def _grad_cam_pp_weights(record):
+    """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19): w_k = sum_ij a_ij ReLU(g_ij) with
+    a_ij = g_ij^2 / (2 g_ij^2 + sum_ab A_ab g_ij^3), and a_ij = 0 where g_ij = 0 (eps 1e-6, as in
+    pytorch-grad-cam). For an exponential of the score this is the closed form of the paper."""
+    g, a = record.gradients, record.activations
+    g2 = g.square()
+    alpha = g2 / (2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g2 * g + 1e-6)
+    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    return (alpha * g.clamp(min=0)).sum(dim=(2, 3))
+
+
+def _xgrad_cam_weights(record):
+    """XGrad-CAM (Fu et al. 2020): w_k = sum_ij g_ij A_ij / (sum_ij A_ij + 1e-7), the
+    activation-weighted mean of the gradient."""
+    a = record.activations
+    return (record.gradients * a).sum(dim=(2, 3)) / (a.sum(dim=(2, 3)) + 1e-7)
+
+
+def _layer_cam_weights(record):
+    """LayerCAM (Jiang et al. 2021): one weight per channel and position, ReLU(g_ij)."""
+    return record.gradients.clamp(min=0)
+
+
+def _hires_cam_weights(record):
+    """HiResCAM (Draelos & Carin 2020): one weight per channel and position, g_ij itself, so the
+    map sums (over positions) to the first-order change of the score."""
+    return record.gradients
+
+
+def _eigen_cam_weights(record):
+    """Eigen-CAM (Muhammad & Yeasin 2020): the projection of each position's activation vector,
+    centred over positions, on the first principal direction v of the layer (SVD), so the map is
+    sum_k v_k A_k - sum_k v_k mean(A_k). The sign of v is arbitrary in an SVD; it is chosen so that
+    the map correlates positively with the summed activations (pytorch-grad-cam keeps whatever sign
+    NumPy returns, so its map is sometimes the negative of this one)."""
+    a = record.activations
+    flat = a.flatten(2).transpose(1, 2).double()  # [B, positions, K]
+    means = flat.mean(dim=1, keepdim=True)
+    centred = flat - means
+    direction = torch.linalg.svd(centred, full_matrices=False).Vh[:, 0]  # [B, K]
+    projection = (centred @ direction[..., None])[..., 0]  # [B, positions]
+    total = flat.sum(dim=2)
+    sign = torch.where(((total - total.mean(1, keepdim=True)) * projection).sum(1) < 0, -1.0, 1.0)
+    direction = direction * sign[:, None]
+    offset = -(means[:, 0] * direction).sum(dim=1)
+    return direction.to(a.dtype), offset.to(a.dtype)
+
+
+def _score_cam_weights(record):
+    """Score-CAM (Wang et al. 2020): each channel, scaled to [0, 1] at the layer's resolution and
+    upsampled to the input size, masks the image; w = softmax over channels of the masked images'
+    class scores. K forward passes per image, ``batch_size`` masked images per pass."""
+    a, x = record.activations, record.x
+    batch, channels = a.shape[:2]
+    low, high = a.amin(dim=(2, 3), keepdim=True), a.amax(dim=(2, 3), keepdim=True)
+    masks = (a - low) / (high - low + 1e-8)
+
+    def masked(copies, index):
+        owner = index // channels
+        upsampled = F.interpolate(masks.flatten(0, 1)[index, None], size=x.shape[-2:], mode="bilinear",
+                                  align_corners=False)
+        torch.mul(x.index_select(0, owner), upsampled, out=copies)
+
+    logits = logits_of_copies(record.model, masked, x, batch * channels, copies_per_pass(x, record.batch_size),
+                              record.progress, "score_cam")
+    owners = torch.arange(batch, device=x.device).repeat_interleave(channels)
+    scores = selected_scores(logits, record.classes[owners]).view(batch, channels)
+    return scores.softmax(dim=1).to(a.dtype)
+
+
+def _ablation_cam_weights(record):
+    """Ablation-CAM (Desai & Ramaswamy 2020): w_k = (y - y_k) / y, the relative drop of the class
+    score y when channel k of the layer is set to 0. K forward passes per image, ``batch_size``
+    per pass; a hook on the layer zeroes one channel in each copy. (pytorch-grad-cam sets a
+    channel to min - 1e7 instead of 0 when the layer's output has no zeros, e.g. before a ReLU.)
+    Where y = 0 the weights are the plain drops y - y_k."""
+    a, x = record.activations, record.x
+    batch, channels = a.shape[:2]
+    ablated = {}
+
+    def copies_of_images(copies, index):
+        copies.copy_(x.index_select(0, index // channels))
+        ablated["channels"] = index % channels
+
+    def zero_one_channel(module, inputs, output):
+        output = output.clone()
+        output[torch.arange(len(output), device=output.device), ablated["channels"].to(output.device)] = 0
+        return output
+
+    handle = get_layer(record.model, record.layer).register_forward_hook(zero_one_channel)
+    try:
+        logits = logits_of_copies(record.model, copies_of_images, x, batch * channels,
+                                  copies_per_pass(x, record.batch_size), record.progress, "ablation_cam")
+    finally:
+        handle.remove()
+    owners = torch.arange(batch, device=x.device).repeat_interleave(channels)
+    scores = selected_scores(logits, record.classes[owners]).view(batch, channels)
+    original = selected_scores(record.logits, record.classes)[:, None]
+    drop = original - scores
+    return torch.where(original != 0, drop / torch.where(original != 0, original, 1), drop).to(a.dtype)
+
+
+def _family_method(name: str, weighting, needs_gradients: bool, perturbation: bool, summary: str):
+    """A public CAM method with ``grad_cam``'s signature (perturbation methods also take
+    ``batch_size`` and ``progress``) that supplies ``weighting`` to the shared core."""
+    if perturbation:
+        def method(model: nn.Module, x, target=None, layer=None, upsample: bool = True, relu: bool = True,
+                   batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+            layer = _default(model, layer, SHAPES_NET_LAYER, "layer")
+            return _class_map(model, x, target, layer, weighting, upsample, relu, needs_gradients, batch_size,
+                              progress)
+    else:
+        def method(model: nn.Module, x, target=None, layer=None, upsample: bool = True,
+                   relu: bool = True) -> torch.Tensor:
+            layer = _default(model, layer, SHAPES_NET_LAYER, "layer")
+            return _class_map(model, x, target, layer, weighting, upsample, relu, needs_gradients)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = (f"{summary} A map [B,H,W] with ``grad_cam``'s conventions (target, layer, ``upsample``, "
+                      f"``relu``).\n\n    {weighting.__doc__}")
+    return uses_model(method)
+
+
+grad_cam_pp = _family_method("grad_cam_pp", _grad_cam_pp_weights, True, False,
+                             "Grad-CAM++: positive gradients weighted to favour every instance of the class.")
+xgrad_cam = _family_method("xgrad_cam", _xgrad_cam_weights, True, False,
+                           "XGrad-CAM: channel weights that make the map an axiom-respecting linearisation.")
+layer_cam = _family_method("layer_cam", _layer_cam_weights, True, False,
+                           "LayerCAM: positive gradients weight each position, which suits shallow layers too.")
+hires_cam = _family_method("hires_cam", _hires_cam_weights, True, False,
+                           "HiResCAM: gradient times activation, element by element (no spatial averaging).")
+eigen_cam = _family_method("eigen_cam", _eigen_cam_weights, False, False,
+                           "Eigen-CAM: the first principal component of the layer; class-agnostic, the target "
+                           "does not change it.")
+score_cam = _family_method("score_cam", _score_cam_weights, False, True,
+                           "Score-CAM: channels weighted by the score of the image they mask; gradient-free.")
+ablation_cam = _family_method("ablation_cam", _ablation_cam_weights, False, True,
+                              "Ablation-CAM: channels weighted by the score drop when each is removed; "
+                              "gradient-free.")
+
+PERTURBATION_METHODS = (score_cam, ablation_cam)  # K forward passes per image; they take batch_size and progress
+CAM_METHODS = {"CAM": cam, "Grad-CAM": grad_cam, "Grad-CAM++": grad_cam_pp, "XGrad-CAM": xgrad_cam,
+               "LayerCAM": layer_cam, "HiResCAM": hires_cam, "Score-CAM": score_cam, "Ablation-CAM": ablation_cam,
+               "Eigen-CAM": eigen_cam}

@@ -28,6 +28,8 @@ from vislib.conventions import (
     as_batch,
     check_positive_int,
     copies_per_pass,
+    logits_of,
+    model_input,
     predicted_or_given,
     selected_scores,
 )
@@ -181,6 +183,125 @@ def insertion_auc(model: nn.Module, images, maps, target=None, steps: int = 32, 
     return _area(perturbation_curve(model, images, maps, target, "insertion", steps, baseline, batch_size, progress))
 
 
+def _confidences(model: nn.Module, images, maps, target):
+    """Each image's class probability [B] on the image and on the image times its map. As in
+    torchcam, the map is rectified and scaled to [0, 1] at its own resolution (ReLU, minus its
+    minimum, over its maximum), then bilinearly upsampled to the image's size if it is smaller
+    (a CAM at its layer's resolution, say)."""
+    images = as_batch(images, "images")
+    maps = _as_maps(maps).to(images.device)
+    if len(maps) != len(images):
+        raise ValueError(f"{len(maps)} maps for {len(images)} images")
+    classes = predicted_or_given(model, images, target)
+    maps = maps.clamp(min=0)
+    maps = maps - maps.amin(dim=(1, 2), keepdim=True)
+    maps = maps / (maps.amax(dim=(1, 2), keepdim=True) + 1e-8)
+    if maps.shape[-2:] != images.shape[-2:]:
+        maps = F.interpolate(maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    with torch.no_grad():
+        both = torch.cat([images, images * maps[:, None].to(images.dtype)])
+        probabilities = logits_of(model, model_input(both)).softmax(dim=1)
+    scores = selected_scores(probabilities, torch.cat([classes, classes]))
+    return scores[: len(images)], scores[len(images):]
+
+
+@uses_model
+def average_drop(model: nn.Module, images, maps, target=None) -> torch.Tensor:
+    """The drop in confidence [B] when the model sees only what the map shows (Chattopadhyay et al.
+    2018): max(0, Y - O) / Y, with Y the class probability on the image and O on the image times
+    its map (scaled to [0, 1]; maps [B,h,w] at a layer's resolution are upsampled). Lower is
+    better: the map kept what the decision needs. The paper's "Average Drop %" is 100 times the mean."""
+    full, masked = _confidences(model, images, maps, target)
+    return (full - masked).clamp(min=0) / (full + 1e-7)
+
+
+@uses_model
+def increase_in_confidence(model: nn.Module, images, maps, target=None) -> torch.Tensor:
+    """1.0 for each image [B] whose class probability rises when the model sees only what the map
+    shows, else 0.0 (Chattopadhyay et al. 2018): the map removed distractors. The paper's
+    "% Increase in Confidence" is 100 times the mean. Higher is better."""
+    full, masked = _confidences(model, images, maps, target)
+    return (masked > full).to(full.dtype)
+
+
+ROAD_NEIGHBOURS = (((-1, 0), 1 / 6), ((1, 0), 1 / 6), ((0, -1), 1 / 6), ((0, 1), 1 / 6),
+                   ((-1, -1), 1 / 12), ((-1, 1), 1 / 12), ((1, -1), 1 / 12), ((1, 1), 1 / 12))
+
+
+def impute_linearly(image: torch.Tensor, keep: torch.Tensor, noise: float = 0.0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """``image`` [C,H,W] with the pixels where ``keep`` [H,W] is False filled in (ROAD's noisy linear
+    imputation, Rong et al. 2022): each filled pixel is the weighted mean of its 8 neighbours
+    (1/6 beside, 1/12 diagonal; neighbours outside the image drop out), solved for all filled pixels
+    at once as one sparse linear system, plus Gaussian noise of std ``noise``. Filling with a
+    neighbourhood average rather than a constant leaks no information through the mask's shape."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import spsolve
+
+    channels, height, width = image.shape
+    keep = keep.cpu().numpy().astype(bool)
+    missing = np.flatnonzero(~keep.ravel())
+    if len(missing) == 0:
+        return image.clone()
+    values = image.detach().cpu().double().numpy().reshape(channels, -1)
+    number = np.full(height * width, -1)
+    number[missing] = np.arange(len(missing))
+    rows, cols = np.divmod(missing, width)
+    diagonal = np.zeros(len(missing))
+    right_side = np.zeros((len(missing), channels))
+    entries = ([], [], [])
+    for (dy, dx), weight in ROAD_NEIGHBOURS:
+        y, x = rows + dy, cols + dx
+        inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+        diagonal[inside] += weight
+        neighbour = y[inside] * width + x[inside]
+        known = keep.ravel()[neighbour]
+        right_side[np.flatnonzero(inside)[known]] += weight * values[:, neighbour[known]].T
+        entries[0].extend(np.flatnonzero(inside)[~known])
+        entries[1].extend(number[neighbour[~known]])
+        entries[2].extend([-weight] * int((~known).sum()))
+    size = len(missing)
+    where = (np.concatenate([np.arange(size), entries[0]]), np.concatenate([np.arange(size), entries[1]]))
+    system = coo_matrix((np.concatenate([diagonal, entries[2]]), where), shape=(size, size)).tocsc()
+    solution = np.asarray(spsolve(system, right_side)).reshape(size, channels)
+    filled = torch.from_numpy(values.copy())
+    filled[:, missing] = torch.from_numpy(solution.T)
+    if noise:
+        filled[:, missing] += noise * torch.randn((channels, size), generator=generator, dtype=torch.float64)
+    return filled.reshape(channels, height, width).to(image.dtype).to(image.device)
+
+
+@uses_model
+def road(model: nn.Module, images, maps, target=None, percentiles=(10, 20, 30, 40, 50, 60, 70, 80, 90),
+         noise: float = 0.01, seed: int = 0) -> torch.Tensor:
+    """ROAD (Rong et al. 2022), as pytorch-grad-cam combines it: for each percentile p, remove the
+    map's (100 - p) % most relevant pixels (MoRF: those at or above its p-th percentile) or its
+    (100 - p) % least relevant ones (LeRF), fill them in with ``impute_linearly`` (noise drawn from
+    ``seed``), and record the change of the class probability. Returns [B]:
+    (mean LeRF change - mean MoRF change) / 2. Higher is better: removing what the map calls
+    important hurts more than removing what it calls unimportant."""
+    images = as_batch(images, "images")
+    maps = _as_maps(maps).to(images.device)
+    if maps.shape != (images.shape[0], *images.shape[-2:]):
+        raise ValueError(f"maps {tuple(maps.shape)} must be [B,H,W] for images {tuple(images.shape)}")
+    if not percentiles or not all(0 < p < 100 for p in percentiles):
+        raise ValueError(f"percentiles must be numbers in (0, 100), got {percentiles!r}")
+    classes = predicted_or_given(model, images, target)
+    generator = torch.Generator().manual_seed(seed)
+    filled = []
+    for image, heat in zip(images, maps.cpu().numpy()):
+        for p in percentiles:
+            filled.append(impute_linearly(image, torch.from_numpy(heat < np.percentile(heat, p)), noise, generator))
+            filled.append(impute_linearly(image, torch.from_numpy(-heat < np.percentile(-heat, p)), noise, generator))
+    with torch.no_grad():
+        probabilities = logits_of(model, model_input(torch.cat([images, torch.stack(filled)]))).softmax(dim=1)
+    original = selected_scores(probabilities[: len(images)], classes)
+    owners = torch.arange(len(images), device=images.device).repeat_interleave(2 * len(percentiles))
+    changes = (selected_scores(probabilities[len(images):], classes[owners]) - original[owners])
+    changes = changes.view(len(images), len(percentiles), 2)  # [..., 0]: MoRF, [..., 1]: LeRF
+    return (changes[..., 1].mean(1) - changes[..., 0].mean(1)) / 2
+
+
 # --------------------------------------------------------------------------- sanity check
 
 
@@ -261,3 +382,55 @@ def randomization_test(model: nn.Module, x, method, target=None, layers=None, re
         ssim.append([structural_similarity(a, normalize_map(b), data_range=1.0) for a, b in zip(original, maps[-1])])
     return RandomizationResult(layers=names, spearman=torch.tensor(np.array(spearman), dtype=torch.float32),
                                ssim=torch.tensor(ssim, dtype=torch.float32), maps=torch.stack(maps))
+
+
+# --------------------------------------------------------------------------- all scores at once
+
+SCOREBOARD_COLUMNS = {
+    "pointing": "pointing game (higher is better)",
+    "pointing_3px": "pointing game within 3 px",
+    "energy": "energy in the mask",
+    "deletion": "deletion AUC (lower is better)",
+    "insertion": "insertion AUC",
+    "average_drop": "average drop (lower is better)",
+    "increase": "increase in confidence",
+    "sanity": "rank correlation after randomising the classifier (lower is better)",
+}
+
+
+@uses_model
+def scoreboard(model: nn.Module, images, masks, methods: dict, target=None, baselines: bool = True,
+               steps: int = 16, sanity_layer=None, progress: bool = True) -> dict:
+    """Every score of this module for each explanation method, side by side: {name: {column: mean}}
+    with the columns of ``SCOREBOARD_COLUMNS``, means over the images.
+
+    ``methods`` maps a name to ``method(model, x, target=classes)`` returning maps [B,H,W] (a CAM
+    method, ``functools.partial`` for options). Localisation is scored against ``masks``,
+    faithfulness with ``deletion_auc``/``insertion_auc`` (``steps``) and ``average_drop`` /
+    ``increase_in_confidence``, and the sanity check is the Spearman correlation of each map with
+    the map after ``sanity_layer`` (default: the last module with parameters, the classifier) is
+    re-initialised. ``baselines`` adds the centre and random maps, which know nothing about the
+    model: a method must beat them to show that it does."""
+    images = as_batch(images, "images")
+    classes = predicted_or_given(model, images, target)
+    layer = [sanity_layer] if sanity_layer is not None else [parametrised_layers(model)[-1]]
+    height, width = images.shape[-2:]
+    entries = dict(methods)
+    if baselines:
+        entries["centre baseline"] = lambda m, x, target: centre_maps(len(x), height, width).to(x.device)
+        entries["random baseline"] = lambda m, x, target: random_maps(len(x), height, width).to(x.device)
+    board = {}
+    for name, method in tqdm(entries.items(), desc="scoreboard", disable=not progress, leave=False):
+        maps = method(model, images, target=classes).detach()
+        sanity = randomization_test(model, images, method, target=classes, layers=layer, progress=False)
+        board[name] = {
+            "pointing": pointing_game(maps, masks).mean().item(),
+            "pointing_3px": pointing_game(maps, masks, tolerance=3).mean().item(),
+            "energy": energy_in_mask(maps, masks).mean().item(),
+            "deletion": deletion_auc(model, images, maps, classes, steps=steps, progress=False).mean().item(),
+            "insertion": insertion_auc(model, images, maps, classes, steps=steps, progress=False).mean().item(),
+            "average_drop": average_drop(model, images, maps, classes).mean().item(),
+            "increase": increase_in_confidence(model, images, maps, classes).mean().item(),
+            "sanity": sanity.spearman[0].mean().item(),
+        }
+    return board

@@ -132,13 +132,14 @@ def conv_layers(model: nn.Module) -> list[str]:
 
 # --- CAM --------------------------------------------------------------------------------------------
 
-CAM_METHODS = {"Grad-CAM": "grad_cam", "CAM": "cam"}
+CAM_METHODS = {label: method.__name__ for label, method in cam_methods.CAM_METHODS.items()}
 
 
 def cam_figure(model: nn.Module, images, index: int = 0, target: int | None = None, layer=None,
                method: str = "grad_cam", alpha: float = 0.5, class_names=None, to_picture=None):
-    """One image, and its class map (``"grad_cam"`` or ``"cam"`` from ``vislib.cam``) for
-    ``target`` (None: the predicted class) at ``layer``, drawn over it with opacity ``alpha``.
+    """One image, and its class map (``method``: the name of a method of ``vislib.cam.CAM_METHODS``,
+    such as ``"grad_cam"``, ``"cam"`` or ``"score_cam"``) for ``target`` (None: the predicted class)
+    at ``layer``, drawn over it with opacity ``alpha``.
 
     ``images`` are model inputs [N,C,H,W]; ``to_picture`` turns one into a displayable image
     (e.g. ``vislib.models.deprocess`` for an ImageNet model; default: shown as they are).
@@ -153,7 +154,8 @@ def cam_figure(model: nn.Module, images, index: int = 0, target: int | None = No
     probabilities = _predict(model, x)[0]
     names = _names(model, class_names, len(probabilities))
     target = int(probabilities.argmax()) if target is None else target
-    heatmap = getattr(cam_methods, method)(model, x, target=target, layer=layer)[0]
+    options = {"progress": False} if getattr(cam_methods, method) in cam_methods.PERTURBATION_METHODS else {}
+    heatmap = getattr(cam_methods, method)(model, x, target=target, layer=layer, **options)[0]
     picture = x[0] if to_picture is None else to_picture(x)[0]
     predicted = int(probabilities.argmax())
     fig, (left, right) = plt.subplots(1, 2, figsize=(6, 3.2))
@@ -169,7 +171,8 @@ def cam_figure(model: nn.Module, images, index: int = 0, target: int | None = No
 
 
 def cam_explorer(model: nn.Module, images, layers=None, class_names=None, to_picture=None) -> widgets.VBox:
-    """Grad-CAM / CAM explorer: method, layer, target class, image and overlay strength."""
+    """The CAM family's explorer: method (vislib.cam.CAM_METHODS), layer, target class, image and
+    overlay strength."""
     images = _check_images(images)
     layers = list(layers) if layers is not None else conv_layers(model)
     for name in layers:
