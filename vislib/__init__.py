@@ -8,8 +8,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("activations", "cam", "conventions", "data", "embedding", "hooks", "metrics", "models",
-               "optimize", "plot", "saliency", "style", "widgets")
+_SUBMODULES = ("activations", "adversarial", "cam", "checks", "conventions", "data", "embedding", "hooks", "metrics",
+               "models", "optimize", "plot", "saliency", "style", "widgets")
 
 
 def __getattr__(name):
