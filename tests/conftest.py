@@ -1,8 +1,11 @@
+import copy
+
 import pytest
 import torch
+import torch.nn as nn
 
 from vislib.data import make_shapes
-from vislib.models import shapes_net
+from vislib.models import shapes_net, torchvision_model
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +23,49 @@ def held_out():
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return torchvision_model("resnet18", pretrained=False, seed=0)
+
+
+@pytest.fixture(scope="module")
+def vgg11():
+    return torchvision_model("vgg11", pretrained=False, seed=0)
+
+
+def without_inplace(model: nn.Module) -> nn.Module:
+    """A deep copy whose ReLUs are not inplace: the reference libraries read activations that an
+    inplace ReLU would overwrite. vislib itself always runs on the inplace original."""
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    return reference
+
+
+@pytest.fixture(scope="module")
+def references():
+    """The models' copies without inplace ReLU, made once per model and module (VGG-11 is 0.5 GB)."""
+    return {}
+
+
+INPUT_SIZE = {"resnet18": 64, "vgg11": 48}  # VGG-11 on 48 px: its convolutions dominate the test time
+
+
+@pytest.fixture
+def case(request, held_out, references):
+    """A parametrised comparison case (model fixture name, layer, targets) -> (model, its copy
+    without inplace ReLU, layer, input batch, targets): ShapesNet on held-out shapes, the
+    torchvision models on seeded noise images."""
+    model_name, layer, targets = request.param
+    model = request.getfixturevalue(model_name)
+    if model_name not in references:
+        references[model_name] = without_inplace(model)
+    if model_name == "shapes_model":
+        x = held_out.images[: len(targets)]
+    else:
+        size = INPUT_SIZE[model_name]
+        x = torch.randn(len(targets), 3, size, size, generator=torch.Generator().manual_seed(1))
+    return model, references[model_name], layer, x, torch.tensor(targets)

@@ -13,7 +13,6 @@ import torch.nn as nn
 from tests.helpers import tiny_cnn, untouched
 from vislib.cam import cam, grad_cam, guided_grad_cam
 from vislib.hooks import get_layer
-from vislib.models import torchvision_model
 
 TOL = 1e-4
 
@@ -26,29 +25,9 @@ def relative_error(actual, expected) -> float:
     return ((actual - expected).abs().max() / scale).item()
 
 
-def without_inplace(model: nn.Module) -> nn.Module:
-    """A deep copy whose ReLUs are not inplace: the reference libraries read activations that an
-    inplace ReLU would overwrite. vislib itself always runs on the inplace original."""
-    reference = copy.deepcopy(model)
-    for module in reference.modules():
-        if isinstance(module, nn.ReLU):
-            module.inplace = False
-    return reference
-
-
-@pytest.fixture(scope="module")
-def resnet18():
-    return torchvision_model("resnet18", pretrained=False, seed=0)
-
-
-@pytest.fixture(scope="module")
-def vgg11():
-    return torchvision_model("vgg11", pretrained=False, seed=0)
-
-
-# (model fixture, layer, targets): ShapesNet on held-out shapes, torchvision models on small noise
-# images (VGG-11 on 48 px: its convolutions dominate the test time). Layers include a conv and a
-# batch-norm whose outputs an inplace ReLU overwrites.
+# (model fixture, layer, targets) for the `case` fixture: ShapesNet on held-out shapes, torchvision
+# models on small noise images. Layers include a conv and a batch-norm whose outputs an inplace ReLU
+# overwrites.
 CASES = [
     ("shapes_model", "features.relu4", [0, 3, 5, 7, 1]),
     ("shapes_model", "features.bn4", [2, 2, 6, 4, 0]),
@@ -58,27 +37,6 @@ CASES = [
     ("vgg11", "features.18", [3, 281, 999, 42]),
 ]
 GUIDED_CASES = [CASES[0], CASES[3], CASES[5]]
-INPUT_SIZE = {"resnet18": 64, "vgg11": 48}
-
-
-@pytest.fixture(scope="module")
-def references():
-    """The models' copies without inplace ReLU, made once per model (VGG-11 is 0.5 GB)."""
-    return {}
-
-
-@pytest.fixture
-def case(request, held_out, references):
-    model_name, layer, targets = request.param
-    model = request.getfixturevalue(model_name)
-    if model_name not in references:
-        references[model_name] = without_inplace(model)
-    if model_name == "shapes_model":
-        x = held_out.images[: len(targets)]
-    else:
-        size = INPUT_SIZE[model_name]
-        x = torch.randn(len(targets), 3, size, size, generator=torch.Generator().manual_seed(1))
-    return model, references[model_name], layer, x, torch.tensor(targets)
 
 
 def case_id(case):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import untouched
-from tests.test_cam import INPUT_SIZE, min_max, relative_error, without_inplace
+from tests.test_cam import min_max, relative_error
 from vislib import cam
 from vislib.hooks import get_layer
 
@@ -28,39 +28,6 @@ CASES = [
 GRAD_CAM_PEERS = {"grad_cam_pp": "GradCAMPlusPlus", "xgrad_cam": "XGradCAM", "layer_cam": "LayerCAM",
                   "hires_cam": "HiResCAM", "eigen_cam": "EigenCAM", "ablation_cam": "AblationCAM",
                   "score_cam": "ScoreCAM"}
-
-
-@pytest.fixture(scope="module")
-def resnet18():
-    from vislib.models import torchvision_model
-
-    return torchvision_model("resnet18", pretrained=False, seed=0)
-
-
-@pytest.fixture(scope="module")
-def vgg11():
-    from vislib.models import torchvision_model
-
-    return torchvision_model("vgg11", pretrained=False, seed=0)
-
-
-@pytest.fixture(scope="module")
-def references():
-    return {}
-
-
-@pytest.fixture
-def case(request, held_out, references):
-    model_name, layer, targets = request.param
-    model = request.getfixturevalue(model_name)
-    if model_name not in references:
-        references[model_name] = without_inplace(model)
-    if model_name == "shapes_model":
-        x = held_out.images[: len(targets)]
-    else:
-        size = INPUT_SIZE[model_name]
-        x = torch.randn(len(targets), 3, size, size, generator=torch.Generator().manual_seed(1))
-    return model, references[model_name], layer, x, torch.tensor(targets)
 
 
 def run(method, model, x, targets, layer, **options):
