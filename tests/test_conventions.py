@@ -10,6 +10,7 @@ from vislib.conventions import (
     as_baseline,
     as_batch,
     as_logits,
+    check_number,
     copies_per_pass,
     fast_layout,
     logits_of,
@@ -171,3 +172,14 @@ def test_fast_layout_copies_only_to_change_the_layout():
     assert torch.equal(laid_out, x) and laid_out.is_contiguous(memory_format=torch.channels_last)
     assert fast_layout(laid_out) is laid_out
     assert fast_layout(torch.randn(3, 5, 4)).is_contiguous()  # not a batch: left as it is
+
+
+def test_check_number_takes_finite_numbers_and_names_the_argument():
+    assert check_number(np.float32(0.5), "eps") == 0.5 and check_number(0, "eps") == 0.0
+    assert check_number(2, "step_size", positive=True) == 2.0
+    for bad, error in ((-1.0, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+                       ("0.1", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="eps must be"):
+            check_number(bad, "eps")
+    with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
+        check_number(0.0, "step_size", positive=True)

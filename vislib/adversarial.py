@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from vislib.conventions import (
     as_batch,
+    check_number,
     check_positive_int,
     logits_of,
     model_input,
@@ -70,16 +71,6 @@ ZERO_GRADIENT = 1e-6  # Captum's FGSM.zero_thresh: a gradient entry this small c
 
 
 # --------------------------------------------------------------------------- argument checks
-
-
-def _check_number(value, name: str, positive: bool = False) -> float:
-    """``value`` as a finite float >= 0 (> 0 with ``positive``); else an error naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
-    return value
 
 
 def _check_bounds(bounds, x: torch.Tensor) -> tuple[float, float]:
@@ -179,7 +170,7 @@ def fgsm(model: nn.Module, x, target, eps: float, targeted: bool = False, bounds
     its loss. Equal to ``captum.robust.FGSM(model, loss_func=cross_entropy, lower_bound=lo,
     upper_bound=hi).perturb(x, eps, target, targeted=targeted)``."""
     x = as_batch(x)
-    eps = _check_number(eps, "eps")
+    eps = check_number(eps, "eps")
     lo, hi = _check_bounds(bounds, x)
     target = _check_target(target, targeted)
     adversarial = sign_step(x, loss_gradient(model, x, target), eps, targeted)
@@ -203,7 +194,7 @@ def pgd(model: nn.Module, x, target, eps: float, steps: int = 10, step_size: flo
     lower_bound=lo, upper_bound=hi).perturb(x, eps, step_size, steps, target, targeted=targeted,
     norm="Linf" or "L2")``."""
     x = as_batch(x)
-    eps = _check_number(eps, "eps")
+    eps = check_number(eps, "eps")
     steps = check_positive_int(steps, "steps")
     norm = _check_norm(norm)
     seed = _check_seed(seed)
@@ -211,7 +202,7 @@ def pgd(model: nn.Module, x, target, eps: float, steps: int = 10, step_size: flo
     if step_size is None:
         step_size = 2.5 * eps / steps / (math.sqrt(x[0].numel()) if norm == "l2" else 1.0)
     else:
-        step_size = _check_number(step_size, "step_size", positive=True)
+        step_size = check_number(step_size, "step_size", positive=True)
     classes = predicted_or_given(model, x, _check_target(target, targeted))  # None: the prediction on x
     reuse_freed_memory()
     adversarial = (x + random_change(x, eps, norm, seed)).clamp(lo, hi) if random_start else x
@@ -245,7 +236,7 @@ def fooling_image(model: nn.Module, x, target_class, step_size: float = 1.0, max
     Unlike ``pgd`` there is no ``eps``: the change is as large as it takes, and the point of the
     exercise is how small that is."""
     x = as_batch(x)
-    step_size = _check_number(step_size, "step_size", positive=True)
+    step_size = check_number(step_size, "step_size", positive=True)
     max_steps = check_positive_int(max_steps, "max_steps")
     lo, hi = _check_bounds(bounds, x)
     classes = predicted_or_given(model, x, _check_target(target_class, True, "target_class"))

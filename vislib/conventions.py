@@ -15,6 +15,7 @@ How a method enters the model (eval mode, frozen parameters, everything restored
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 
 import numpy as np
@@ -187,6 +188,16 @@ def check_positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def check_number(value, name: str, positive: bool = False) -> float:
+    """``value`` as a finite float >= 0 (> 0 with ``positive``); else an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return value
 
 
 PIXELS_PER_PASS = 2**18

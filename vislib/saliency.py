@@ -20,7 +20,6 @@ changed, also with inplace ReLUs, frozen parameters, or a caller inside ``torch.
 
 from __future__ import annotations
 
-import math
 import numbers
 from contextlib import contextmanager, nullcontext
 
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from vislib.conventions import (
     as_baseline,
     as_batch,
+    check_number,
     check_positive_int,
     copies_per_pass,
     fast_layout,
@@ -193,8 +193,7 @@ def smoothgrad(model: nn.Module, x, target=None, samples: int = 25, noise: float
     by the image's own range), so an image gets the same map alone as inside any batch."""
     x = as_batch(x)
     samples = check_positive_int(samples, "samples")
-    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0 <= noise < math.inf:
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    noise = check_number(noise, "noise")
     classes = predicted_or_given(model, x, target)
     patterns = torch.randn((samples, *x.shape[1:]), generator=torch.Generator().manual_seed(seed))
     patterns = patterns.to(x.device, x.dtype)
