@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vislib import checks, optimize
+from vislib import adversarial, checks, optimize
 from vislib.hooks import frozen
 
 # --------------------------------------------------------------------------- ascent_step
@@ -155,7 +155,8 @@ def test_ascent_step_names_the_mistake(fn, hint):
         checks.ascent_step(fn)
 
 
-@pytest.mark.parametrize("check", [checks.ascent_step, checks.class_visualization, checks.total_variation])
+@pytest.mark.parametrize("check", [checks.ascent_step, checks.class_visualization, checks.total_variation,
+                                   checks.fooling_image])
 def test_an_unimplemented_function_is_not_implemented_yet(check, capsys):
     check(stub)
     assert f"{check.exercise}: not implemented yet" in capsys.readouterr().out
@@ -385,9 +386,186 @@ def test_total_variation_names_the_mistake(fn, hint):
         checks.total_variation(fn)
 
 
+# --------------------------------------------------------------------------- fooling_image
+
+
+def fooling_autograd(model, x, target_class, step_size=1.0, max_steps=100, norm="l2", sign=1.0, score=None,
+                     clamp=True, stop="before", use_step_size=True):
+    """A loop with torch.autograd.grad, the prediction looked at before each step; the keywords make the
+    typical mistakes."""
+    image, steps = x.detach().clone(), 0
+    for i in range(max_steps + (stop == "extra")):
+        image.requires_grad_(True)
+        logits = model(image)
+        fooled = logits.argmax(1).item() == target_class
+        if fooled and (stop in ("before", "extra") or (stop == "after" and i > 0)):
+            break
+        scores = logits if score is None else score(logits)
+        (grad,) = torch.autograd.grad(scores[0, target_class], image)
+        length = {"l2": grad.norm(), "max": grad.abs().max(), "l1": grad.abs().sum(), "none": 1}[norm]
+        image = image.detach() + sign * (step_size if use_step_size else 1.0) * grad / length
+        image = image.clamp(0, 1) if clamp else image
+        steps += 1
+        if fooled and stop == "late":
+            break
+    return image.detach(), steps
+
+
+def fooling_while_loop(model, x, target_class, step_size=1.0, max_steps=100):
+    """A while loop, the parameters frozen meanwhile (and restored) so that .backward() fills only the image's
+    .grad; torch.linalg's norm; the count returned as a one-element tensor."""
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        image, steps = x.clone(), torch.tensor([0])
+        while steps.item() < max_steps:
+            image = image.detach().requires_grad_(True)
+            logits = model(image)
+            if logits[0].argmax() == target_class:
+                break
+            logits[0, target_class].backward()
+            with torch.no_grad():
+                image = torch.clamp(image + step_size * image.grad / torch.linalg.vector_norm(image.grad), 0.0, 1.0)
+            steps += 1
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+    return image.detach(), steps
+
+
+def fooling_recursive(model, x, target_class, step_size=1.0, max_steps=100):
+    """Recursion instead of a loop; the gradient's norm from its square root by hand."""
+    with torch.no_grad():
+        if model(x).argmax(1).item() == target_class or max_steps == 0:
+            return x.detach().clone(), 0
+    image = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(image).gather(1, torch.tensor([[target_class]])).sum(), image)
+    stepped = (x + step_size * grad / grad.square().sum().sqrt()).clamp(0, 1)
+    image, steps = fooling_recursive(model, stepped, target_class, step_size, max_steps - 1)
+    return image, steps + 1
+
+
+def fooling_not_normalised(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps, norm="none")
+
+
+def fooling_max_norm(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps, norm="max")
+
+
+def fooling_l1_norm(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps, norm="l1")
+
+
+def fooling_descends(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps, sign=-1.0)
+
+
+def fooling_probability(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps, score=lambda s: s.softmax(1))
+
+
+def fooling_log_probability(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps, score=lambda s: F.log_softmax(s, 1))
+
+
+def fooling_unclamped(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps, clamp=False)
+
+
+def fooling_clamped_at_the_end(model, x, target_class, step_size=1.0, max_steps=100):
+    image, steps = fooling_autograd(model, x, target_class, step_size, max_steps, clamp=False)
+    return image.clamp(0, 1), steps
+
+
+def fooling_unit_steps(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps, use_step_size=False)
+
+
+def fooling_checks_after_the_step(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps, stop="after")
+
+
+def fooling_one_step_late(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps, stop="late")
+
+
+def fooling_never_stops(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps, stop="never")
+
+
+def fooling_one_step_too_many(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps, stop="extra")
+
+
+def fooling_image_only(model, x, target_class, step_size=1.0, max_steps=100):
+    return fooling_autograd(model, x, target_class, step_size, max_steps)[0]
+
+
+def fooling_attached(model, x, target_class, step_size=1.0, max_steps=100):
+    image, steps = fooling_autograd(model, x, target_class, step_size, max_steps)
+    return image.requires_grad_(True) * 1.0, steps
+
+
+def fooling_with_backward(model, x, target_class, step_size=1.0, max_steps=100):
+    """Right values, but .backward() fills the parameters' .grad."""
+    image, steps = x.clone(), 0
+    for _ in range(max_steps):
+        image = image.detach().requires_grad_(True)
+        logits = model(image)
+        if logits.argmax(1).item() == target_class:
+            break
+        logits[0, target_class].backward()
+        image = (image + step_size * image.grad / image.grad.norm()).clamp(0, 1)
+        steps += 1
+    return image.detach(), steps
+
+
+def fooling_in_place(model, x, target_class, step_size=1.0, max_steps=100):
+    image, steps = fooling_autograd(model, x, target_class, step_size, max_steps)
+    return x.copy_(image), steps
+
+
+def fooling_calls_vislib(model, x, target_class, step_size=1.0, max_steps=100):
+    image, steps, _ = adversarial.fooling_image(model, x, target_class, step_size=step_size, max_steps=max_steps)
+    return image, int(steps[0])
+
+
+@pytest.mark.parametrize("fn", [fooling_autograd, fooling_while_loop, fooling_recursive])
+def test_fooling_image_accepts_correct_implementations(fn, capsys):
+    checks.fooling_image(fn)
+    assert "fooling_image: correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn,hint", [
+    (fooling_not_normalised, "normalise the step: divide the gradient by its L2 norm"),
+    (fooling_max_norm, "not by its largest absolute value"),
+    (fooling_l1_norm, r"not by the sum of absolute values \(the L1 norm\)"),
+    (fooling_descends, "gradient ascent climbs"),
+    (fooling_probability, "not the probability"),
+    (fooling_log_probability, "not the probability or the log-probability"),
+    (fooling_unclamped, r"clamp the image to \[0, 1\] after every step"),
+    (fooling_clamped_at_the_end, "not only at the end"),
+    (fooling_unit_steps, "yours takes steps of length 1, not 2"),
+    (fooling_checks_after_the_step, r"look at the prediction before each step.*yours took 1 step"),
+    (fooling_one_step_late, "yours takes one step more than it needs"),
+    (fooling_never_stops, r"yours always takes max_steps \(20\) steps"),
+    (fooling_one_step_too_many, r"take at most max_steps steps.*yours took 5"),
+    (fooling_image_only, r"return a pair \(image, steps\)"),
+    (fooling_attached, r"still part of a graph"),
+    (fooling_with_backward, r"\.grad of a parameter changed.*torch\.autograd\.grad"),
+    (fooling_in_place, "changed its argument number 2 in place"),
+    (fooling_calls_vislib, "calls vislib's own implementation"),
+])
+def test_fooling_image_names_the_mistake(fn, hint):
+    with pytest.raises(AssertionError, match=hint):
+        checks.fooling_image(fn)
+
+
 @pytest.mark.parametrize("check,fn", [(checks.ascent_step, ascent_autograd),
                                       (checks.class_visualization, visualization_stepping),
-                                      (checks.total_variation, tv_slices)])
+                                      (checks.total_variation, tv_slices),
+                                      (checks.fooling_image, fooling_autograd)])
 def test_a_check_leaves_the_global_random_state_to_the_learner(check, fn):
     """The checks run in the learner's notebook: they build their models without reseeding torch."""
     torch.manual_seed(11)

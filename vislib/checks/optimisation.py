@@ -1,17 +1,20 @@
-"""Checks of the optimisation assignment: ``ascent_step``, ``class_visualization``, ``total_variation``."""
+"""Checks of the optimisation assignment: ``ascent_step``, ``class_visualization``, ``total_variation``,
+``fooling_image``."""
 
 from __future__ import annotations
+
+import numbers
 
 import torch
 import torch.nn as nn
 
-from vislib import optimize
+from vislib import adversarial, optimize
 from vislib.checks.cases import CLASSES, cases, small_cnn
 from vislib.checks.harness import Forbidden, call, close, exercise, expect
 from vislib.checks.style import check_total_variation
 from vislib.hooks import frozen
 
-__all__ = ["ascent_step", "class_visualization", "total_variation"]
+__all__ = ["ascent_step", "class_visualization", "total_variation", "fooling_image"]
 
 LOGIT_NOT_PROBABILITY = ("climb the raw class score (the logit, before the softmax), not the probability or the "
                          "log-probability")
@@ -222,3 +225,138 @@ def _call_visualization(fn, model: nn.Module, *args):
                              "per image, on 3 batches (non-square, square, one image).")
 def total_variation(fn) -> None:
     check_total_variation("total_variation", fn, [case.x for case in cases()])
+
+
+# --------------------------------------------------------------------------- fooling_image
+
+FOOLING = Forbidden((adversarial.fooling_image,))
+
+
+def _fooling(model: nn.Module, x: torch.Tensor, target: int, step_size: float, max_steps: int, *, score=None,
+             norm: str = "l2", sign: float = 1.0, clamp: str = "step", stop: str = "before"
+             ) -> tuple[torch.Tensor, int]:
+    """The reference loop (the defaults) and the loops of typical mistakes: another ``score`` of the
+    logits, another ``norm`` ("none", "max", "l1"), descent (``sign=-1``), ``clamp`` "none" or "end"
+    instead of after each step, and another ``stop`` rule: "after" (look at the prediction only after a
+    step), "late" (break after the step that follows the fooling prediction), "never" (always
+    ``max_steps``) or "extra" (up to ``max_steps + 1`` steps)."""
+    image, steps = x.detach().clone(), 0
+    targets = torch.tensor([target])
+    for i in range(max_steps + (stop == "extra")):
+        inputs = image.clone().requires_grad_(True)
+        with frozen(model):
+            logits = model(inputs)
+            fooled = logits.argmax(1).item() == target
+            if (fooled and stop in ("before", "extra")) or (fooled and stop == "after" and i > 0):
+                break
+            scores = logits if score is None else score(logits)
+            (grad,) = torch.autograd.grad(scores.gather(1, targets[:, None]).sum(), inputs)
+        length = {"l2": grad.norm(), "max": grad.abs().max(), "l1": grad.abs().sum(), "none": 1.0}[norm]
+        image = image + sign * step_size * grad / length
+        image = image.clamp(0, 1) if clamp == "step" else image
+        steps += 1
+        if fooled and stop == "late":
+            break
+    return (image.clamp(0, 1) if clamp == "end" else image).detach(), steps
+
+
+def _fooling_cases() -> list[tuple[str, nn.Module, torch.Tensor, int, float, int]]:
+    """(label, model, x, target, step_size, max_steps): fooled after 6 and 5 steps; an image the model
+    already calls the target (0 steps); and one that ``max_steps`` stops first (it would take 6). Every
+    model is in eval mode; each ascent leaves [0, 1] on the way, so clamping matters, and the target's
+    logit margin stays at least 0.002 from 0 at every step, so rounding cannot change the step count."""
+    with torch.random.fork_rng(devices=[]):
+        def image(seed, *size):
+            return torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+        return [("inplace ReLUs, 8x12, target 3, step_size 1, max_steps 20",
+                 small_cnn(3, inplace=True, batchnorm=False), image(3, 8, 12), 3, 1.0, 20),
+                ("BatchNorm, 8x12, target 2, step_size 2, max_steps 20",
+                 small_cnn(12, inplace=False, batchnorm=True), image(12, 8, 12), 2, 2.0, 20),
+                ("an image the model already calls the target, 8x8, target 2, max_steps 20",
+                 small_cnn(9, inplace=True, batchnorm=False), image(9, 8, 8), 2, 1.0, 20),
+                ("inplace ReLUs and BatchNorm, 8x8, target 4, max_steps 4 (too few to fool it)",
+                 small_cnn(30, inplace=True, batchnorm=True), image(30, 8, 8), 4, 1.0, 4)]
+
+
+STOP_BEFORE = ("look at the prediction before each step and stop as soon as it is target_class, without stepping: "
+               "an image the model already calls target_class takes 0 steps")
+NORMALISE_L2 = "divide by the L2 norm (square root of the sum of squares), not by "
+
+
+@exercise("fooling_image", "Gradient ascent on the target logit by steps of L2 length step_size, clamped to [0, 1], "
+                           "stopping as soon as the model predicts the target or after max_steps steps, on 4 cases "
+                           "(inplace ReLUs, BatchNorm, an image fooled already, max_steps too few).")
+def fooling_image(fn) -> None:
+    for case in _fooling_cases():
+        _check_fooling(fn, *case)
+
+
+def _check_fooling(fn, label: str, model: nn.Module, x: torch.Tensor, target: int, step_size: float,
+                   max_steps: int) -> None:
+    """One case: the learner's (image, steps) against vislib's and those of typical mistakes."""
+    got = call("fooling_image", fn, model, x, target, step_size, max_steps, models=[model], forbidden=FOOLING)
+    image, steps = _fooling_result(got, x, label)
+    reference = adversarial.fooling_image(model, x, target, step_size=step_size, max_steps=max_steps)
+    expected, expected_steps = reference.image, int(reference.steps[0])
+
+    def wrong(**how):
+        return _fooling(model, x, target, step_size, max_steps, **how)
+
+    mistakes = {
+        "normalise the step: divide the gradient by its L2 norm, so that each step has length step_size":
+            wrong(norm="none"),
+        NORMALISE_L2 + "its largest absolute value": wrong(norm="max"),
+        NORMALISE_L2 + "the sum of absolute values (the L1 norm)": wrong(norm="l1"),
+        "gradient ascent climbs: add the step (image + step_size * g / ||g||), don't subtract it": wrong(sign=-1.0),
+        LOGIT_NOT_PROBABILITY: wrong(score=lambda s: s.softmax(1)),
+        LOGIT_NOT_PROBABILITY + " ": wrong(score=lambda s: s.log_softmax(1)),
+        "clamp the image to [0, 1] after every step (image.clamp(0, 1)): a fooling image must stay an image":
+            wrong(clamp="none"),
+        "clamp after every step, not only at the end: the next gradient must be taken at a valid image":
+            wrong(clamp="end"),
+        f"multiply the normalised gradient by step_size (yours takes steps of length 1, not {step_size:g})":
+            _fooling(model, x, target, 1.0, max_steps),
+        STOP_BEFORE + f" (yours took 1 step, the reference {expected_steps})": wrong(stop="after"),
+        "stop as soon as the model predicts target_class, before stepping again: yours takes one step more than "
+        "it needs (look at the prediction of the current image, then step)": wrong(stop="late"),
+        f"stop as soon as the model predicts target_class: yours always takes max_steps ({max_steps}) steps":
+            wrong(stop="never"),
+        f"take at most max_steps steps, even when the model is not fooled by then (yours took {max_steps + 1})":
+            wrong(stop="extra"),
+    }
+    for hint, (wrong_image, wrong_steps) in mistakes.items():
+        distinct = wrong_steps != expected_steps or not close(expected, wrong_image)
+        if distinct and steps == wrong_steps and close(image, wrong_image):
+            raise AssertionError(f"your fooling_image gives a different result: {hint} ({label})")
+    if steps != expected_steps:
+        rule = (STOP_BEFORE if expected_steps == 0 else
+                "stop after max_steps steps even when the model is not fooled yet" if expected_steps == max_steps
+                else "stop as soon as the model predicts target_class (the argmax of the logits), and no later")
+        raise AssertionError(f"your fooling_image took {steps} steps; expected {expected_steps}: {rule} ({label})")
+    expect("fooling_image", image, expected, what=f"image ({label})")
+
+
+def _fooling_result(got, x: torch.Tensor, label: str) -> tuple[torch.Tensor, int]:
+    """The learner's ``(image, steps)``: a tensor shaped like ``x`` without a graph, and the step count as an int
+    (a one-element integer tensor is accepted too)."""
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise AssertionError(f"your fooling_image must return a pair (image, steps), got {type(got).__name__}"
+                             + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""))
+    image, steps = got
+    if not isinstance(image, torch.Tensor):
+        raise AssertionError(f"your fooling_image must return the image as a torch.Tensor, got "
+                             f"{type(image).__name__}")
+    if image.shape != x.shape:
+        raise AssertionError(f"your fooling_image returns an image of shape {list(image.shape)}; expected "
+                             f"{list(x.shape)}, shaped like x ({label})")
+    if image.requires_grad:
+        raise AssertionError("your fooling_image returns an image that is still part of a graph: return "
+                             "image.detach()")
+    if isinstance(steps, torch.Tensor) and steps.numel() == 1 and not steps.is_floating_point() \
+            and steps.dtype != torch.bool:
+        steps = steps.item()
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise AssertionError(f"your fooling_image must return the number of steps as an int, got "
+                             f"{type(steps).__name__} {steps!r}")
+    return image.detach().float(), int(steps)
