@@ -41,6 +41,31 @@ def test_recorded_metadata_matches_the_weights_file():
     assert meta["held_out"]["seed"] == HELD_OUT_SEED
 
 
+def test_robust_shapes_net_is_recorded_and_robust(shapes_model):
+    """The robust ShapesNet's file matches its record, which says how it was trained; on held-out
+    shapes its recorded accuracies hold, and PGD at 8/255 barely moves it while it breaks the
+    standard network."""
+    from vislib.adversarial import pgd
+    from vislib.train import PGD_EVALUATION_STEPS, ROBUST_EPS, ROBUST_MIN_ACCURACY
+
+    weights, metadata = models.weights_files(robust=True)
+    meta = json.loads(metadata.read_text())
+    assert meta["sha256"] == file_sha256(weights) and meta["file"] == weights.name
+    assert meta["training"]["attack"]["eps"] == ROBUST_EPS and meta["held_out"]["seed"] == HELD_OUT_SEED
+    assert meta["held_out_accuracy"] >= ROBUST_MIN_ACCURACY
+    robust = shapes_net(robust=True)
+    held_out = make_shapes(200, seed=HELD_OUT_SEED)
+    clean = accuracy(robust, held_out.images, held_out.labels)
+    attacked = {name: accuracy(model, pgd(model, held_out.images, held_out.labels, ROBUST_EPS,
+                                          steps=PGD_EVALUATION_STEPS), held_out.labels)
+                for name, model in [("robust", robust), ("standard", shapes_model)]}
+    assert clean >= meta["held_out_accuracy"] - 0.05
+    assert attacked["robust"] >= meta["held_out_pgd_accuracy"] - 0.1
+    assert attacked["robust"] > attacked["standard"] + 0.5
+    with pytest.raises(TypeError, match="robust"):
+        shapes_net(robust="yes")
+
+
 def test_held_out_accuracy_is_reproduced(shapes_model):
     # 1,000 of the held-out images (drawn from a seed training never used): the recorded figure holds.
     held_out = make_shapes(1000, seed=HELD_OUT_SEED)

@@ -32,6 +32,8 @@ from vislib.data import SHAPE_CLASSES
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 WEIGHTS_FILE = DATA_DIR / "shapes_net.pt"
 METADATA_FILE = DATA_DIR / "shapes_net.json"
+ROBUST_WEIGHTS_FILE = DATA_DIR / "shapes_net_robust.pt"  # the same network, adversarially trained
+ROBUST_METADATA_FILE = DATA_DIR / "shapes_net_robust.json"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,25 +95,36 @@ class ShapesNet(nn.Module):
         return self.fc(self.flatten(self.pool(self.features(x))))
 
 
-def shapes_net(pretrained: bool = True) -> ShapesNet:
-    """ShapesNet in eval mode, with the trained weights from ``data/`` (sha256 checked)."""
+def shapes_net(pretrained: bool = True, robust: bool = False) -> ShapesNet:
+    """ShapesNet in eval mode, with the trained weights from ``data/`` (sha256 checked).
+
+    ``robust=True``: the same network trained adversarially (PGD, ``python -m vislib.train
+    --robust``), whose gradients look more like the shapes (notebook 07)."""
     model = ShapesNet()
     if pretrained:
-        if not METADATA_FILE.exists() or not WEIGHTS_FILE.exists():
+        weights, metadata = weights_files(robust)
+        if not metadata.exists() or not weights.exists():
             raise WeightsError(f"ShapesNet weights are missing in {DATA_DIR}; run `make weights`")
-        model.load_state_dict(verified_state_dict(WEIGHTS_FILE, _recorded_sha256(), fix=_SHAPES_NET_FIX))
+        model.load_state_dict(verified_state_dict(weights, _recorded_sha256(metadata), fix=_SHAPES_NET_FIX))
     return model.eval()
 
 
-def _recorded_sha256() -> str:
-    """The sha256 in ShapesNet's record, or a WeightsError saying what is wrong with the record."""
+def weights_files(robust: bool = False) -> tuple[Path, Path]:
+    """(weights, record) of the standard or the robust ShapesNet in ``data/``."""
+    if not isinstance(robust, bool):
+        raise TypeError(f"robust must be True or False, got {robust!r}")
+    return (ROBUST_WEIGHTS_FILE, ROBUST_METADATA_FILE) if robust else (WEIGHTS_FILE, METADATA_FILE)
+
+
+def _recorded_sha256(metadata: Path) -> str:
+    """The sha256 in a ShapesNet record, or a WeightsError saying what is wrong with the record."""
     try:
-        return json.loads(METADATA_FILE.read_text())["sha256"]
+        return json.loads(metadata.read_text())["sha256"]
     except json.JSONDecodeError as error:
         problem = f"is not valid JSON ({error})"
     except (KeyError, TypeError):
         problem = "has no \"sha256\" entry"
-    raise WeightsError(f"ShapesNet's record {METADATA_FILE} {problem}, so its weights cannot be checked. "
+    raise WeightsError(f"ShapesNet's record {metadata} {problem}, so its weights cannot be checked. "
                        + _SHAPES_NET_FIX)
 
 
