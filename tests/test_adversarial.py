@@ -210,6 +210,8 @@ ATTACKS = {
     "pgd": lambda model, x: adversarial.pgd(model, x, [0, 2], 0.1, steps=3, targeted=True),
     "pgd_l2": lambda model, x: adversarial.pgd(model, x, [0, 2], 0.5, steps=3, norm="l2"),
     "fooling_image": lambda model, x: adversarial.fooling_image(model, x, [0, 2], max_steps=3).image,
+    "explanation_attack": lambda model, x: adversarial.explanation_attack(model, x, x[:, 0] > 0.5, layer="2",
+                                                                          target=[0, 2], steps=3),
 }
 
 
@@ -322,7 +324,67 @@ def test_bad_arguments_are_errors_that_name_them():
         (ValueError, "must lie in", lambda: adversarial.pgd(model, x, 3, 0.1)),
         (ValueError, "NaN", lambda: adversarial.fgsm(model, torch.full((1, 3, 8, 8), math.nan), 0, 0.1)),
         (ValueError, "B,C,H,W", lambda: adversarial.fgsm(model, torch.rand(8, 8), 0, 0.1)),
+        (ValueError, "eps", lambda: adversarial.sign_noise(x, -0.1)),
+        (TypeError, "seed", lambda: adversarial.sign_noise(x, 0.1, seed="0")),
+        (ValueError, "attack", lambda: adversarial.accuracy_under_attack(model, x, [0, 1], [0.1], attack="cw")),
+        (ValueError, "labels", lambda: adversarial.accuracy_under_attack(model, x, [0], [0.1])),
+        (ValueError, "eps_values", lambda: adversarial.accuracy_under_attack(model, x, [0, 1], [0.1, -1])),
+        (ValueError, "masks", lambda: adversarial.explanation_attack(model, x, torch.ones(2, 4, 4), layer="0")),
+        (ValueError, "margin", lambda: adversarial.explanation_attack(model, x, torch.ones(2, 8, 8), layer="0",
+                                                                      margin=math.nan)),
+        (ValueError, "steps", lambda: adversarial.explanation_attack(model, x, torch.ones(2, 8, 8), layer="0",
+                                                                     steps=0)),
+        (KeyError, "layer", lambda: adversarial.explanation_attack(model, x, torch.ones(2, 8, 8), layer="nope")),
+        (ValueError, "layer", lambda: adversarial.explanation_attack(model, x, torch.ones(2, 8, 8))),
     ]
     for error, words, call in cases:
         with untouched(model), pytest.raises(error, match=words):
             call()
+
+
+# --------------------------------------------------------------------------- noise, accuracy, explanations
+
+
+def test_sign_noise_has_the_length_of_an_fgsm_step():
+    """Every pixel moves by exactly eps (unclamped), so the change has FGSM's L-infinity and L2
+    length; the pattern is seeded, its own per image, and never touches the global RNG."""
+    x = torch.rand(3, 3, 8, 8)
+    state = torch.get_rng_state()
+    noisy = adversarial.sign_noise(x, 0.05, seed=1, bounds=(-math.inf, math.inf))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.allclose((noisy - x).abs(), torch.full_like(x, 0.05))
+    assert torch.allclose(change_norms(noisy, x, "l2"), torch.full((3,), 0.05 * math.sqrt(3 * 8 * 8)))
+    assert not torch.equal(noisy[0] - x[0], noisy[1] - x[1])
+    assert torch.equal(noisy, adversarial.sign_noise(x, 0.05, seed=1, bounds=(-math.inf, math.inf)))
+    clamped = adversarial.sign_noise(x, 0.5, seed=1)
+    assert clamped.min() >= 0 and clamped.max() <= 1
+
+
+def test_accuracy_under_attack_counts_what_the_attacks_return(shapes_model, held_out):
+    """Each accuracy is the share of attacked images still classified as their label, computed
+    by hand from the attack's own output; eps 0 gives the clean accuracy."""
+    x, labels = held_out.images[:16], held_out.labels[:16]
+    for attack, run in [("fgsm", lambda eps: adversarial.fgsm(shapes_model, x, labels, eps)),
+                        ("pgd", lambda eps: adversarial.pgd(shapes_model, x, labels, eps, steps=3)),
+                        ("noise", lambda eps: adversarial.sign_noise(x, eps))]:
+        options = {"steps": 3} if attack == "pgd" else {}
+        measured = adversarial.accuracy_under_attack(shapes_model, x, labels, [0.0, 2 / 255], attack=attack,
+                                                     progress=False, **options)
+        by_hand = [(predicted(shapes_model, run(eps)) == labels).float().mean().item() for eps in (0.0, 2 / 255)]
+        assert measured == by_hand
+        assert measured[0] == (predicted(shapes_model, x) == labels).float().mean().item()
+
+
+def test_explanation_attack_moves_grad_cam_off_the_object_and_keeps_the_class(shapes_model, held_out):
+    """Within 8/255 per pixel, every prediction is kept while Grad-CAM's peak leaves the object:
+    the pointing game falls from most shapes to almost none (Dombrowski et al. 2019)."""
+    from vislib import cam, metrics
+
+    x, masks = held_out.images[:16], held_out.masks[:16]
+    attacked = adversarial.explanation_attack(shapes_model, x, masks, eps=8 / 255)
+    assert change_norms(attacked, x, "linf").max() <= 8 / 255 + 1e-6
+    assert attacked.min() >= 0 and attacked.max() <= 1
+    assert torch.equal(predicted(shapes_model, attacked), predicted(shapes_model, x))
+    before = metrics.pointing_game(cam.grad_cam(shapes_model, x), masks).mean()
+    after = metrics.pointing_game(cam.grad_cam(shapes_model, attacked), masks).mean()
+    assert before >= 0.75 and after <= 0.25

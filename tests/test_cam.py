@@ -319,3 +319,22 @@ def test_module_passed_as_layer(shapes_model, held_out):
     by_module = grad_cam(shapes_model, x, layer=shapes_model.features.relu4)
     torch.testing.assert_close(by_module, grad_cam(shapes_model, x))
     assert (by_module >= 0).all()
+
+
+@pytest.mark.parametrize("case", CASES, indirect=True, ids=[case_id(c) for c in CASES])
+def test_grad_cam_with_graph_is_grad_cam_and_differentiable(case):
+    """The differentiable Grad-CAM that attacks use gives grad_cam's maps (also for layers that an
+    inplace ReLU overwrites) and its logits, with a graph that reaches the input."""
+    from vislib.cam import grad_cam_with_graph
+    from vislib.hooks import frozen
+
+    model, _, layer, x, targets = case
+    expected = grad_cam(model, x, targets, layer=layer)
+    inputs = x.clone().requires_grad_(True)
+    with untouched(model), frozen(model):
+        maps, logits = grad_cam_with_graph(model, inputs, targets, layer)
+        (grad,) = torch.autograd.grad(maps.sum(), inputs)
+    assert relative_error(maps.detach(), expected) < TOL
+    with torch.no_grad():
+        torch.testing.assert_close(logits.detach(), model.eval()(x))
+    assert grad.abs().sum() > 0

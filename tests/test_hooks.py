@@ -154,3 +154,21 @@ def test_frozen_works_inside_inference_mode():
         x = torch.rand(1, 3, 16, 16, requires_grad=True)
         model(x).sum().backward()
         assert x.grad is not None
+
+
+def test_differentiable_output_keeps_the_graph_and_survives_inplace_relu():
+    """The kept output is the one the graph uses (gradients flow from it to the input), an inplace
+    ReLU after it changes only the clone the network goes on with, and no hook is left, also on
+    an exception."""
+    from vislib.hooks import differentiable_output
+
+    model = tiny_cnn(inplace=True)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with untouched(model), differentiable_output(model, "conv1") as kept:
+        logits = model(x)
+    assert torch.allclose(kept["output"], model.conv1(x)) and (kept["output"] < 0).any()
+    (grad,) = torch.autograd.grad(kept["output"].sum() + logits.sum(), x)
+    assert grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="boom"), differentiable_output(model, "conv1"):
+        raise RuntimeError("boom")
+    assert count_hooks(model) == 0

@@ -38,3 +38,14 @@ def test_grids_and_overlays_have_one_panel_per_image_with_titles():
     assert len(shown) == 5 and [ax.get_title() for ax in shown] == list("abcde")
     fig = plot.overlay_grid(images, torch.rand(5, 4, 4), titles=list("abcde"))
     assert sum(len(ax.images) == 2 for ax in fig.axes) == 5  # image + heatmap in each panel
+
+
+def test_magnified_change_is_grey_at_zero_and_full_contrast_at_the_largest():
+    from vislib.plot import magnified
+
+    change = torch.zeros(1, 3, 2, 2)
+    change[0, 0, 0, 0], change[0, 1, 1, 1] = 0.02, -0.01
+    picture = magnified(change)
+    assert picture.shape == (2, 2, 3)
+    assert picture[0, 0, 0] == 1.0 and picture[1, 1, 1] == 0.25 and picture[0, 1, 2] == 0.5
+    assert (magnified(torch.zeros(3, 2, 2)) == 0.5).all()

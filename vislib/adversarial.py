@@ -52,7 +52,9 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from vislib.cam import default_layer, grad_cam_with_graph
 from vislib.conventions import (
     as_batch,
     check_number,
@@ -260,3 +262,81 @@ def fooling_image(model: nn.Module, x, target_class, step_size: float = 1.0, max
         image[active] = (image[active] + step_size * grad / length).clamp(lo, hi)
         steps[active] += 1
     return FoolingResult(image, steps, fooled)
+
+
+def sign_noise(x, eps: float, seed: int = 0, bounds=(0, 1)) -> torch.Tensor:
+    """``x`` plus ``eps`` times a random sign per pixel, clamped to ``bounds`` -> [B,C,H,W]: a
+    random direction of the same L-infinity *and* L2 length as an FGSM step of size ``eps``
+    (the control that shows whether adversarial directions are special). Seeded by ``seed``
+    (its own generator), a different pattern for each image."""
+    x = as_batch(x)
+    eps = check_number(eps, "eps")
+    lo, hi = _check_bounds(bounds, x)
+    generator = torch.Generator().manual_seed(_check_seed(seed))
+    signs = torch.randint(0, 2, x.shape, generator=generator).to(x.device, x.dtype).mul_(2).sub_(1)
+    return (x + eps * signs).clamp(lo, hi)
+
+
+ATTACKS = ("fgsm", "pgd", "noise")
+
+
+@uses_model
+def accuracy_under_attack(model: nn.Module, x, labels, eps_values, attack: str = "pgd", progress: bool = True,
+                          **options) -> list[float]:
+    """Accuracy of ``model`` on ``x`` (true classes ``labels``) after the ``attack`` ("fgsm",
+    "pgd" or "noise", i.e. ``sign_noise``) at each radius in ``eps_values``: one float per
+    radius, 0.0 at eps 0 means the model was already wrong everywhere. Untargeted attacks aim
+    at the true class; ``options`` go to the attack (``steps``, ``norm``, ``seed``, ``bounds``)."""
+    x = as_batch(x)
+    labels = torch.as_tensor(labels, device=x.device)
+    if labels.shape != (len(x),):
+        raise ValueError(f"labels must hold one class per image ({len(x)}), got shape {tuple(labels.shape)}")
+    if attack not in ATTACKS:
+        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+    method = {"fgsm": fgsm, "pgd": pgd}.get(attack)
+    accuracies = []
+    for eps in tqdm(list(eps_values), desc=f"{attack} accuracy", unit="eps", disable=not progress):
+        eps = check_number(eps, "eps_values")
+        attacked = sign_noise(x, eps, **options) if method is None else method(model, x, labels, eps, **options)
+        with torch.no_grad():
+            predicted = logits_of(model, model_input(attacked)).argmax(1)
+        accuracies.append((predicted == labels).float().mean().item())
+    return accuracies
+
+
+@uses_model
+def explanation_attack(model: nn.Module, x, masks, layer=None, target=None, eps: float = 8 / 255, steps: int = 40,
+                       margin: float = 2.0, bounds=(0, 1)) -> torch.Tensor:
+    """Fool the explanation, not the prediction (Ghorbani et al. 2019; Dombrowski et al. 2019):
+    a change within ``eps`` per pixel (L-infinity) that moves each image's Grad-CAM map (at
+    ``layer``; ShapesNet's default for ShapesNet) out of its mask ``masks`` [B,H,W] while its
+    class (``target``; None: the prediction) stays ahead of every other class by ``margin``
+    logits -> [B,C,H,W] within ``bounds``.
+
+    PGD without a random start on the loss ``share of the map inside the mask +
+    ReLU(margin - (class logit - best other logit))``: ``steps`` sign steps of
+    2.5 * eps / steps, each projected into the ball and clamped to ``bounds``. The map is
+    differentiated through the activations (``cam.grad_cam_with_graph``); with ReLU networks
+    the gradient weights themselves are locally constant, so it is the activations that move."""
+    x = as_batch(x)
+    masks = torch.as_tensor(masks, device=x.device)
+    if masks.shape != (len(x), *x.shape[-2:]):
+        raise ValueError(f"masks must be [B,H,W] = {(len(x), *x.shape[-2:])}, got shape {tuple(masks.shape)}")
+    eps = check_number(eps, "eps")
+    steps = check_positive_int(steps, "steps")
+    margin = check_number(margin, "margin")
+    lo, hi = _check_bounds(bounds, x)
+    layer = default_layer(model, layer)
+    classes = predicted_or_given(model, x, target)
+    inside = masks.to(x.dtype)
+    step_size = 2.5 * eps / steps
+    adversarial = x.detach()
+    for _ in range(steps):
+        inputs = adversarial.requires_grad_(True)
+        maps, logits = grad_cam_with_graph(model, inputs, classes, layer)
+        share = (maps * inside).flatten(1).sum(1) / maps.flatten(1).sum(1).clamp_min(1e-6)
+        others = logits.scatter(1, classes[:, None], float("-inf")).amax(1)
+        lead = selected_scores(logits, classes) - others
+        (grad,) = torch.autograd.grad((share + F.relu(margin - lead)).sum(), inputs)
+        adversarial = project(x, inputs.detach() - step_size * grad.sign(), eps, "linf").clamp(lo, hi)
+    return adversarial.detach()

@@ -30,12 +30,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vislib.conventions import as_batch, copies_per_pass, logits_of, model_input, resolve_target, selected_scores
-from vislib.hooks import capture, get_layer, layer_name, uses_model
+from vislib.hooks import capture, differentiable_output, get_layer, layer_name, uses_model
 from vislib.models import ShapesNet
 from vislib.saliency import guided_backprop, logits_of_copies
 
 SHAPES_NET_LAYER = "features.relu4"
 SHAPES_NET_FC = "fc"
+
+
+def default_layer(model: nn.Module, layer):
+    """``layer``, or ShapesNet's CAM layer (the last convolutional block) when None for a ShapesNet."""
+    return _default(model, layer, SHAPES_NET_LAYER, "layer")
 
 
 def _default(model: nn.Module, value, shapes_net_value: str, what: str):
@@ -97,6 +102,12 @@ def _class_map(model: nn.Module, x, target, layer, weighting, upsample: bool, re
         raise ValueError(f"layer {name!r} received no gradient: the class score does not depend on it")
     weights = weighting(LayerRecord(activations, gradients, classes, logits.detach(), model, x, name, batch_size,
                                     progress))
+    return _weighted_sum(weights, activations, x.shape[-2:] if upsample else None, relu)
+
+
+def _weighted_sum(weights, activations: torch.Tensor, size, relu: bool) -> torch.Tensor:
+    """The map from a weighting's result (W, or (W, offset)) and the activations: ``sum_k W_k A_k``
+    (+ offset), its ReLU when ``relu``, bilinearly upsampled to ``size`` unless it is None."""
     weights, offset = weights if isinstance(weights, tuple) else (weights, None)
     if weights.ndim == 2:
         maps = torch.einsum("bk,bkhw->bhw", weights.to(activations.dtype), activations)
@@ -106,9 +117,25 @@ def _class_map(model: nn.Module, x, target, layer, weighting, upsample: bool, re
         maps = maps + offset.view(-1, 1, 1)
     if relu:
         maps = maps.clamp(min=0)
-    if upsample:
-        maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    if size is not None:
+        maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     return maps
+
+
+def grad_cam_with_graph(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, layer) -> tuple:
+    """Grad-CAM maps [B,H,W] (upsampled, after the ReLU) and the logits, both with their autograd
+    graph back to ``x``: what an attack on the explanation differentiates
+    (``vislib.adversarial.explanation_attack``). The weighting is ``grad_cam``'s, from a gradient
+    taken with ``create_graph=True``. For a model already entered through ``hooks.frozen``."""
+    name = layer_name(model, layer)
+    with differentiable_output(model, name) as kept:
+        logits = logits_of(model, model_input(x))
+    if "output" not in kept:
+        raise ValueError(f"layer {name!r} did not run in the model's forward pass")
+    activations = kept["output"]
+    (gradients,) = torch.autograd.grad(selected_scores(logits, classes).sum(), activations, create_graph=True)
+    record = LayerRecord(activations, gradients, classes, logits, model, x, name)
+    return _weighted_sum(_mean_gradient(record), activations, x.shape[-2:], relu=True), logits
 
 
 @uses_model
@@ -121,7 +148,7 @@ def cam(model: nn.Module, x, target=None, layer=None, fc=None, upsample: bool = 
     ``relu=False`` keeps the negative part (evidence against the class). The model must really
     have that structure: if the maps do not add up to the logits, a ``ValueError`` says so.
     """
-    layer = _default(model, layer, SHAPES_NET_LAYER, "layer")
+    layer = default_layer(model, layer)
     linear = get_layer(model, _default(model, fc, SHAPES_NET_FC, "fc"))
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"fc must be the nn.Linear after global average pooling, got {type(linear).__name__}")
@@ -172,7 +199,7 @@ def grad_cam(model: nn.Module, x, target=None, layer=None, upsample: bool = True
 
     ``relu=False`` keeps the negative part (regions whose features lower the score).
     """
-    layer = _default(model, layer, SHAPES_NET_LAYER, "layer")
+    layer = default_layer(model, layer)
     return _class_map(model, x, target, layer, _mean_gradient, upsample, relu, needs_gradients=True)
 
 
@@ -300,13 +327,13 @@ def _family_method(name: str, weighting, needs_gradients: bool, perturbation: bo
     if perturbation:
         def method(model: nn.Module, x, target=None, layer=None, upsample: bool = True, relu: bool = True,
                    batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
-            layer = _default(model, layer, SHAPES_NET_LAYER, "layer")
+            layer = default_layer(model, layer)
             return _class_map(model, x, target, layer, weighting, upsample, relu, needs_gradients, batch_size,
                               progress)
     else:
         def method(model: nn.Module, x, target=None, layer=None, upsample: bool = True,
                    relu: bool = True) -> torch.Tensor:
-            layer = _default(model, layer, SHAPES_NET_LAYER, "layer")
+            layer = default_layer(model, layer)
             return _class_map(model, x, target, layer, weighting, upsample, relu, needs_gradients)
     method.__name__ = method.__qualname__ = name
     method.__doc__ = (f"{summary} A map [B,H,W] with ``grad_cam``'s conventions (target, layer, ``upsample``, "

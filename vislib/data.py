@@ -26,6 +26,7 @@ _POLYGONS = {
     "star": (5, 0.42),
     "hexagon": (6, math.cos(math.pi / 6)),
 }
+PIXEL_NOISE = 0.07  # every pixel's luminance gets uniform noise in [-PIXEL_NOISE, PIXEL_NOISE]
 _CHUNK = 512  # images generated per vectorised step: bounds the memory of the pixel grids
 
 
@@ -150,7 +151,7 @@ def _draw_chunk(labels: torch.Tensor, gen: torch.Generator, images: torch.Tensor
     colours = torch.stack(palette, 1)  # [m, layers + 1, 3]
     painted = colours[torch.arange(m)[:, None, None], top.long()].permute(0, 3, 1, 2)
     images.copy_(torch.where((top > 0)[:, None], painted, images))
-    noise = rand(m, 1, size, size).sub_(0.5).mul_(0.14)  # uniform luminance noise, std 0.04
+    noise = rand(m, 1, size, size).sub_(0.5).mul_(2 * PIXEL_NOISE)  # uniform luminance noise, std 0.04
     images.add_(noise).clamp_(0.0, 1.0)
 
 

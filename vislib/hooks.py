@@ -118,6 +118,26 @@ def capture(model: nn.Module, layers, grads: bool = False):
             module.training = training  # this module only: .train() would recurse into children
 
 
+@contextmanager
+def differentiable_output(model: nn.Module, layer):
+    """Inside the block, a forward pass of ``model`` keeps ``layer``'s output, with its autograd
+    graph, in the returned dict under ``"output"``: for methods that differentiate *through* a
+    layer's activations (an attack on a Grad-CAM map). Unlike ``capture``'s detached copies, the
+    kept tensor is the one the graph uses; the rest of the network gets a clone, so an inplace
+    ReLU that runs later changes the clone, not it. The hook is removed on exit."""
+    kept = {}
+
+    def keep(module, inputs, output):
+        kept["output"] = output
+        return output.clone()
+
+    handle = get_layer(model, layer).register_forward_hook(keep)
+    try:
+        yield kept
+    finally:
+        handle.remove()
+
+
 _frozen_now: set[int] = set()  # id() of each model inside ``frozen`` right now
 
 

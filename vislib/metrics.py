@@ -75,23 +75,30 @@ def pointing_game(maps, masks, tolerance: float = 0) -> torch.Tensor:
     the maximum (a flat map, say), the score is the share of them that hit, which is what a
     random choice among them would score on average."""
     maps, masks = _maps_and_masks(maps, masks)
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
-    near = masks
-    radius = int(tolerance)
-    if radius > 0:
-        offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float32)
-        disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= tolerance**2).float()
-        near = F.conv2d(masks[:, None].float(), disk[None, None], padding=radius)[:, 0] > 0.5
+    near = _near(masks, tolerance)
     peaks = maps == maps.flatten(1).amax(1)[:, None, None]
     return (peaks & near).flatten(1).sum(1) / peaks.flatten(1).sum(1)
 
 
-def energy_in_mask(maps, masks) -> torch.Tensor:
-    """Share [B] of each map's positive values that lies inside the mask (Wang et al. 2020's
-    energy-based pointing game). Negative values count as no evidence; a map without positive
-    values scores 0 (never NaN)."""
+def _near(masks: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """The pixels [B,H,W] on each mask or within ``tolerance`` pixels (Euclidean) of it."""
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
+    radius = int(tolerance)
+    if radius == 0:
+        return masks
+    offsets = torch.arange(-radius, radius + 1, device=masks.device, dtype=torch.float32)
+    disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= tolerance**2).float()
+    return F.conv2d(masks[:, None].float(), disk[None, None], padding=radius)[:, 0] > 0.5
+
+
+def energy_in_mask(maps, masks, tolerance: float = 0) -> torch.Tensor:
+    """Share [B] of each map's positive values that lies inside the mask, or within ``tolerance``
+    pixels of it (Wang et al. 2020's energy-based pointing game; a tolerance credits maps that
+    trace the object's outline, whose edge pixels fall half outside it). Negative values count
+    as no evidence; a map without positive values scores 0 (never NaN)."""
     maps, masks = _maps_and_masks(maps, masks)
+    masks = _near(masks, tolerance)
     positive = maps.clamp(min=0)
     total = positive.flatten(1).sum(1)
     inside = (positive * masks).flatten(1).sum(1)

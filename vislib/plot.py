@@ -20,6 +20,12 @@ def to_numpy(x) -> np.ndarray:
 
 def to_image(x) -> np.ndarray:
     """An image as an [H,W,3] or [H,W] array in [0,1] (channels-first input is transposed)."""
+    return np.clip(_channels_last(x), 0.0, 1.0)
+
+
+def _channels_last(x) -> np.ndarray:
+    """An image's values, unclipped, as an [H,W,3] or [H,W] array (one image of a batch of one;
+    channels-first input is transposed)."""
     x = to_numpy(x)
     if x.ndim == 4 and x.shape[0] == 1:
         x = x[0]
@@ -29,7 +35,7 @@ def to_image(x) -> np.ndarray:
         x = x[..., 0]
     if x.ndim not in (2, 3):
         raise ValueError(f"expected an image [3,H,W], [H,W,3] or [H,W], got shape {x.shape}")
-    return np.clip(x, 0.0, 1.0)
+    return x
 
 
 def normalize_map(heatmap) -> np.ndarray:
@@ -37,6 +43,14 @@ def normalize_map(heatmap) -> np.ndarray:
     h = to_numpy(heatmap)
     low, span = h.min(), h.max() - h.min()
     return (h - low) / span if span > 0 else np.zeros_like(h)
+
+
+def magnified(change) -> np.ndarray:
+    """A small change of an image [C,H,W] or [1,C,H,W] made visible: 0 is mid-grey and the largest
+    absolute change of the image reaches black or white (an all-zero change stays grey)."""
+    change = _channels_last(change)
+    largest = np.abs(change).max()
+    return 0.5 + 0.5 * change / largest if largest > 0 else np.full_like(change, 0.5)
 
 
 def _grid(n: int, ncols: int, size: float, suptitle: str | None):
