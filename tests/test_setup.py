@@ -42,7 +42,7 @@ def test_ci_runs_make_test_offline():
 
 def test_course_notebooks_are_all_there():
     expected = ["00_black_box", "01_embeddings", "02_activations", "03_class_visualization", "04_saliency",
-                "05_cam", "06_neural_style"]
+                "05_cam", "06_neural_style", "07_adversarial"]
     assert [p.stem for p in NOTEBOOKS] == expected
 
 
