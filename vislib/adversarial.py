@@ -11,7 +11,13 @@ Goodfellow et al. 2015). Three recipes, all in the model's input space:
   L2) around the image (Madry et al. 2018, "Towards deep learning models resistant to
   adversarial attacks");
 - ``fooling_image``: gradient ascent on one class's logit, by steps of fixed L2 length, until
-  the model predicts that class (the "fooling images" exercise of cs231n, assignment 3).
+  the model predicts that class (the "fooling images" exercise of cs231n, assignment 3);
+- ``explanation_attack``: the same machinery turned on the explanation: a change within ``eps``
+  that keeps the class but moves the Grad-CAM map off the object (Dombrowski et al. 2019).
+
+Two measurements go with them: ``sign_noise``, a random change of exactly an FGSM step's length
+(the control that shows whether the attack's *direction* matters), and
+``accuracy_under_attack``, a model's accuracy after an attack at each of several radii.
 
 ``fgsm`` and ``pgd`` follow Captum's ``captum.robust.FGSM`` and ``PGD`` step for step, so that
 both give the same images for the same inputs (with ``random_start=False``):
