@@ -58,7 +58,7 @@ autograde: setup  ## grade $(COURSE)/submitted/<student>/<assignment>/: $(COURSE
 	$(NBGRADER) export --log-level=ERROR
 	@echo "grades: $(COURSE)/grades.csv; feedback: $(COURSE)/feedback/<student>/<assignment>/"
 
-weights: setup  ## retrain ShapesNet and the robust ShapesNet (seeded, about 10 + 15 minutes on a 2-core CPU)
+weights: setup  ## retrain ShapesNet and the robust ShapesNet (seeded, about 10 + 14 minutes on a 2-core CPU)
 	$(BIN)/python -m vislib.train
 	$(BIN)/python -m vislib.train --robust
 
