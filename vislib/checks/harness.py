@@ -182,6 +182,16 @@ def _calls_into(forbidden: Forbidden | None, fn, args) -> _Seen:
 # --------------------------------------------------------------------------- comparing results
 
 
+def returned_tensor(name: str, got, shape, what: str = "the image", why: str = "") -> torch.Tensor:
+    """``got`` if it is a tensor of ``shape``; else an error saying what the learner's ``name`` must
+    return (``why``: what the expected shape means, and the case)."""
+    if not isinstance(got, torch.Tensor):
+        raise AssertionError(f"your {name} must return {what} as a torch.Tensor, got {type(got).__name__}")
+    if got.shape != tuple(shape):
+        raise AssertionError(f"your {name} returns shape {list(got.shape)}; expected {list(shape)}{why}")
+    return got
+
+
 def expect(name: str, got, expected: torch.Tensor, mistakes: dict[str, torch.Tensor] | None = None,
            what: str = "result", rtol: float = 1e-4, atol: float = 1e-5) -> None:
     """``got`` must equal ``expected``; if it equals one of ``mistakes`` (hint -> what that mistake

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from vislib import adversarial, optimize
 from vislib.checks.cases import CLASSES, cases, small_cnn
-from vislib.checks.harness import Forbidden, call, close, exercise, expect
+from vislib.checks.harness import Forbidden, call, close, exercise, expect, returned_tensor
 from vislib.checks.style import check_total_variation
 from vislib.hooks import frozen
 
@@ -57,12 +57,8 @@ def _check_step(fn, case, lr: float, l2: float) -> None:
     image = case.x
     got = call("ascent_step", fn, case.model, image, case.target, lr, l2, models=[case.model],
                forbidden=VISUALIZE)
-    if not isinstance(got, torch.Tensor):
-        raise AssertionError(f"your ascent_step must return the new image as a torch.Tensor, got "
-                             f"{type(got).__name__}")
-    if got.shape != image.shape:
-        raise AssertionError(f"your ascent_step returns shape {list(got.shape)}; expected {list(image.shape)}, the "
-                             f"new image shaped like the image ({case.label})")
+    returned_tensor("ascent_step", got, image.shape, "the new image", f", the new image shaped like the image "
+                    f"({case.label})")
     grad = _gradient(case.model, image, case.target, l2)
     step = lr * grad / _norm(grad)
 
@@ -145,12 +141,7 @@ def _check_visualization(fn, label: str, model: nn.Module, target: int, size: in
 
     def run(seed=VIS_SEED, l2=VIS_L2):
         got = _call_visualization(fn, model, target, VIS_STEPS, VIS_LR, l2, seed, size)
-        if not isinstance(got, torch.Tensor):
-            raise AssertionError(f"your class_visualization must return the image as a torch.Tensor, got "
-                                 f"{type(got).__name__}")
-        if got.shape != (1, 3, size, size):
-            raise AssertionError(f"your class_visualization returns shape {list(got.shape)}; expected "
-                                 f"{[1, 3, size, size]} (one image, size x size) ({label})")
+        returned_tensor("class_visualization", got, (1, 3, size, size), why=f" (one image, size x size) ({label})")
         if not torch.isfinite(got).all():
             raise AssertionError("your class_visualization returns NaN or infinite values; look for a division "
                                  f"by zero ({label})")
@@ -344,12 +335,7 @@ def _fooling_result(got, x: torch.Tensor, label: str) -> tuple[torch.Tensor, int
         raise AssertionError(f"your fooling_image must return a pair (image, steps), got {type(got).__name__}"
                              + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""))
     image, steps = got
-    if not isinstance(image, torch.Tensor):
-        raise AssertionError(f"your fooling_image must return the image as a torch.Tensor, got "
-                             f"{type(image).__name__}")
-    if image.shape != x.shape:
-        raise AssertionError(f"your fooling_image returns an image of shape {list(image.shape)}; expected "
-                             f"{list(x.shape)}, shaped like x ({label})")
+    returned_tensor("fooling_image", image, x.shape, why=f", shaped like x ({label})")
     if image.requires_grad:
         raise AssertionError("your fooling_image returns an image that is still part of a graph: return "
                              "image.detach()")

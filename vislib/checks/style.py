@@ -8,7 +8,7 @@ import math
 import torch
 
 from vislib import optimize, style
-from vislib.checks.harness import Forbidden, call, exercise, expect
+from vislib.checks.harness import Forbidden, call, exercise, expect, returned_tensor
 
 __all__ = ["content_loss", "gram_matrix", "style_loss", "texture_synthesis", "tv_loss"]
 
@@ -235,12 +235,7 @@ def texture_synthesis(fn) -> None:
     net = style.vgg19_features.__wrapped__(False, seed=0, last=TEXTURE_LAYERS[-1])  # a fresh copy, not the cached one
     texture = _stripes()
     got = call("texture_synthesis", fn, net, texture, TEXTURE_LAYERS, TEXTURE_STEPS, models=[net], forbidden=forbidden)
-    if not isinstance(got, torch.Tensor):
-        raise AssertionError(f"your texture_synthesis must return the image as a torch.Tensor, got "
-                             f"{type(got).__name__}")
-    if got.shape != texture.shape:
-        raise AssertionError(f"your texture_synthesis returns shape {list(got.shape)}; expected {list(texture.shape)}, "
-                             "an image the size of the style image")
+    returned_tensor("texture_synthesis", got, texture.shape, why=", an image the size of the style image")
     got = got.detach()
     if not torch.isfinite(got).all():
         raise AssertionError("your texture_synthesis returns NaN or infinite pixels: lower the learning rate")
