@@ -303,7 +303,12 @@ def accuracy_under_attack(model: nn.Module, x, labels, eps_values, attack: str =
     accuracies = []
     for eps in tqdm(list(eps_values), desc=f"{attack} accuracy", unit="eps", disable=not progress):
         eps = check_number(eps, "eps_values")
-        attacked = sign_noise(x, eps, **options) if method is None else method(model, x, labels, eps, **options)
+        if eps == 0:
+            attacked = x  # every attack leaves x as it is at radius 0
+        elif method is None:
+            attacked = sign_noise(x, eps, **options)
+        else:
+            attacked = method(model, x, labels, eps, **options)
         with torch.no_grad():
             predicted = logits_of(model, model_input(attacked)).argmax(1)
         accuracies.append((predicted == labels).float().mean().item())
@@ -315,9 +320,10 @@ def explanation_attack(model: nn.Module, x, masks, layer=None, target=None, eps:
                        margin: float = 2.0, bounds=(0, 1)) -> torch.Tensor:
     """Fool the explanation, not the prediction (Ghorbani et al. 2019; Dombrowski et al. 2019):
     a change within ``eps`` per pixel (L-infinity) that moves each image's Grad-CAM map (at
-    ``layer``; ShapesNet's default for ShapesNet) out of its mask ``masks`` [B,H,W] while its
-    class (``target``; None: the prediction) stays ahead of every other class by ``margin``
-    logits -> [B,C,H,W] within ``bounds``.
+    ``layer``; ShapesNet's default for ShapesNet) out of its mask ``masks`` [B,H,W] while a
+    penalty holds its class (``target``; None: the prediction) about ``margin`` logits ahead of
+    every other class -> [B,C,H,W] within ``bounds``. The penalty is a hinge, not a guarantee:
+    check the prediction of the result.
 
     PGD without a random start on the loss ``share of the map inside the mask +
     ReLU(margin - (class logit - best other logit))``: ``steps`` sign steps of
