@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vislib import activations, embedding, hooks
+from vislib import activations, hooks
 from vislib.checks.cases import cases
-from vislib.checks.harness import Forbidden, call, exercise, expect, layer_input
+from vislib.checks.harness import call, exercise, expect, layer_input
+from vislib.checks.offlimits import OffLimits
 
 __all__ = ["filter_tiles", "layer_activation", "top_patches_of_channel"]
+
+# What the functions of this assignment must not use (see vislib.checks.offlimits).
+OFF_LIMITS = OffLimits(modules=("vislib.activations", "vislib.embedding"),
+                       functions=(hooks.capture, hooks.differentiable_output), allowed=(activations.receptive_field,))
 
 # --------------------------------------------------------------------------- layer_activation
 
@@ -26,10 +31,9 @@ ACTIVATION_LAYERS = (("features.conv1", "features.conv2", "features.pool1"),
 @exercise("layer_activation", "The output of a named layer, captured by a hook that is removed afterwards, on 3 "
                               "models and 8 layers (some overwritten later by an inplace ReLU).")
 def layer_activation(fn) -> None:
-    forbidden = Forbidden((hooks.capture, embedding.extract, embedding.stream_layers))
     for case, layers in zip(cases(), ACTIVATION_LAYERS, strict=True):
         for layer in layers:
-            got = call("layer_activation", fn, case.model, case.x, layer, models=[case.model], forbidden=forbidden)
+            got = call("layer_activation", fn, case.model, case.x, layer, models=[case.model])
             with torch.no_grad(), hooks.capture(case.model, layer) as rec:
                 logits = case.model(case.x)
             expected = rec[layer]
@@ -68,9 +72,8 @@ def _tiles(weight: torch.Tensor) -> torch.Tensor:
 @exercise("filter_tiles", "Each filter a picture [kh, kw, C] scaled on its own, symmetrically around grey (a zero "
                           "weight is 0.5), on colour and grey filters of different strengths.")
 def filter_tiles(fn) -> None:
-    forbidden = Forbidden((activations.filter_grid,))
     for label, weight in _filter_weights():
-        got = call("filter_tiles", fn, weight, forbidden=forbidden)
+        got = call("filter_tiles", fn, weight)
         expected = _tiles(weight)
         zero = weight.flatten(1).abs().amax(1) == 0
         if isinstance(got, torch.Tensor) and got.shape == expected.shape and not torch.isfinite(got[zero]).all():
@@ -117,8 +120,6 @@ def _boxes(start: torch.Tensor, size: tuple, limit: tuple, clip: bool = True, in
 @exercise("top_patches_of_channel", "The k strongest units of a channel, one per image, strongest first, with their "
                                     "receptive-field boxes (clipped, ends exclusive), on 3 models and image sizes.")
 def top_patches_of_channel(fn) -> None:
-    forbidden = Forbidden((activations.top_patches, activations.ReceptiveField.boxes,
-                           activations.ReceptiveField.box))
     generator = torch.Generator().manual_seed(5)
     for case, (count, size, channel, k) in zip(cases(), PATCH_SETS, strict=True):
         images = torch.randn(count, 3, *size, generator=generator)
@@ -127,7 +128,7 @@ def top_patches_of_channel(fn) -> None:
         acts = rec[PATCH_LAYER]
         rf = activations.receptive_field(case.model, PATCH_LAYER, size)
         what = f"{count} images of {size[0]}x{size[1]}, channel {channel}, k={k}"
-        got = call("top_patches_of_channel", fn, acts, channel, k, rf, forbidden=forbidden)
+        got = call("top_patches_of_channel", fn, acts, channel, k, rf)
         if not isinstance(got, (tuple, list)) or len(got) != 3:
             raise AssertionError("your top_patches_of_channel must return three tensors: (values [k], "
                                  "image_index [k], boxes [k, 4])")

@@ -8,10 +8,15 @@ import torch.nn.functional as F
 
 from vislib import cam, hooks, saliency
 from vislib.checks.cases import FC, LAYER, Case, cases, small_cnn
-from vislib.checks.harness import Forbidden, call, exercise, expect
+from vislib.checks.harness import call, exercise, expect
+from vislib.checks.offlimits import OffLimits
 from vislib.checks.saliency import EACH_OWN_TARGET, LOGIT_NOT_PROBABILITY, _log_probability, _probability
 
 __all__ = ["class_activation_map", "grad_cam", "guided_grad_cam"]
+
+# What the functions of this assignment must not use (see vislib.checks.offlimits).
+OFF_LIMITS = OffLimits(modules=("vislib.cam", "vislib.saliency"),
+                       functions=(hooks.capture, hooks.differentiable_output))
 
 NOT_NORMALISED = "return the raw map: no normalisation (no division by its maximum, no min-max scaling)"
 LAYER_OUTPUT = ("use the layer's output A^k and the gradient with respect to that output (a forward hook's "
@@ -22,7 +27,6 @@ INPLACE = ("the layer is a ReLU that works in place, and register_full_backward_
            "the gradient with a hook on the layer's output tensor (output.register_hook in a forward hook) or "
            "with torch.autograd.grad(score, output)")
 # vislib's CAM family and its hook recorder: the exercises are to write these with torch's own hooks.
-_FORBIDDEN_CAM = (cam.cam, cam.grad_cam, cam.guided_grad_cam, hooks.capture)
 
 
 def _object_case() -> Case:
@@ -75,13 +79,12 @@ def _map_shape(name: str, got, expected: torch.Tensor, channels: int) -> None:
 @exercise("class_activation_map", "sum_k w[target,k] * f_k(x,y) per image, its own target, no ReLU, on 4 models "
                                   "(non-square maps, one image, a batch of distinct targets).")
 def class_activation_map(fn) -> None:
-    forbidden = Forbidden(_FORBIDDEN_CAM)
     for case in _cases():
         with hooks.capture(case.model, LAYER) as recording, torch.no_grad():
             case.model(case.x)
         features = recording[LAYER]
         weight = case.model.get_submodule(FC).weight.detach().clone()
-        got = call("class_activation_map", fn, features, weight, case.target, forbidden=forbidden)
+        got = call("class_activation_map", fn, features, weight, case.target)
         expected = cam.cam(case.model, case.x, case.target, layer=LAYER, fc=FC, upsample=False, relu=False)
         channels = features.shape[1]
         _map_shape("class_activation_map", got, expected, channels)
@@ -128,11 +131,11 @@ def _weighted(alpha: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bk,bkhw->bhw", alpha.expand(len(activations), -1), activations).clamp(min=0)
 
 
-def _call_with_hooks(name: str, fn, case: Case, forbidden: Forbidden):
+def _call_with_hooks(name: str, fn, case: Case):
     """``call`` for a function that hooks the case's model, with the hint for a full backward hook
     on an inplace ReLU (PyTorch's own error does not say what to do instead)."""
     try:
-        return call(name, fn, case.model, case.x, case.target, LAYER, models=[case.model], forbidden=forbidden)
+        return call(name, fn, case.model, case.x, case.target, LAYER, models=[case.model])
     except RuntimeError as error:
         if "BackwardHookFunction" in str(error) and "inplace" in str(error):
             raise AssertionError(f"your {name} fails on the model with inplace ReLUs: {INPLACE}") from error
@@ -142,9 +145,8 @@ def _call_with_hooks(name: str, fn, case: Case, forbidden: Forbidden):
 @exercise("grad_cam", "ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of d logit / d A_k, at the layer's "
                       "resolution, per image and target, on 4 models (inplace ReLUs, BatchNorm, non-square).")
 def grad_cam(fn) -> None:
-    forbidden = Forbidden(_FORBIDDEN_CAM)
     for case in _cases():
-        got = _call_with_hooks("grad_cam", fn, case, forbidden)
+        got = _call_with_hooks("grad_cam", fn, case)
         layer = case.model.get_submodule(LAYER)
 
         def grad_cam_of(model, target=case.target, x=case.x, layer=layer, **options):
@@ -175,9 +177,8 @@ def grad_cam(fn) -> None:
 @exercise("guided_grad_cam", "Guided backprop times the bilinearly upsampled Grad-CAM map, [B,3,H,W], per image "
                              "and target, on 4 models (inplace ReLUs, BatchNorm, non-square).")
 def guided_grad_cam(fn) -> None:
-    forbidden = Forbidden(_FORBIDDEN_CAM + (saliency.guided_backprop, saliency._input_gradient, saliency.relu_rule))
     for case in _cases():
-        got = _call_with_hooks("guided_grad_cam", fn, case, forbidden)
+        got = _call_with_hooks("guided_grad_cam", fn, case)
         layer = case.model.get_submodule(LAYER)
         expected = cam.guided_grad_cam(case.model, case.x, case.target, layer=layer)
         if isinstance(got, torch.Tensor) and got.shape == expected.shape[:1] + expected.shape[2:]:

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from threadpoolctl import threadpool_limits
 
+from vislib.checks import offlimits
+from vislib.checks.offlimits import OffLimits
 from vislib.hooks import model_state, state_changes
 
 
@@ -52,6 +54,7 @@ def exercise(name: str, summary: str):
     "not implemented yet", so a learner's notebook runs top to bottom; with ``strict=True`` (the
     autograder's hidden tests) it raises ``NotImplementedYet``. Nothing is returned, so a
     notebook cell shows only the printed line (nbgrader would read a returned value as points).
+    While it runs, the ``OFF_LIMITS`` rule of the check's module applies to the learner's code.
     """
 
     def decorate(check):
@@ -60,6 +63,7 @@ def exercise(name: str, summary: str):
             if not callable(fn):
                 raise TypeError(f"pass your function itself to the check, e.g. checks.{name}({name}), "
                                 f"not {type(fn).__name__}")
+            token = _rule.set(off_limits_of(run))
             try:
                 with _apart_from_the_learner():
                     check(fn)
@@ -68,12 +72,22 @@ def exercise(name: str, summary: str):
                     raise NotImplementedYet(f"{name}: {NOT_IMPLEMENTED}") from None
                 print(f"{name}: {NOT_IMPLEMENTED} (replace `raise NotImplementedError()` with your code)")
                 return
+            except LearnerError as error:
+                raise AssertionError(f"your {name} raised {error}"
+                                     + (f" in the line `{error.line}`" if error.line else "")) from None
+            finally:
+                _rule.reset(token)
             print(f"{name}: correct. {summary}")
 
         run.exercise = name
         return run
 
     return decorate
+
+
+def off_limits_of(check: Callable) -> OffLimits:
+    """The rule of the assignment that ``check`` belongs to: its module's ``OFF_LIMITS``."""
+    return inspect.unwrap(check).__globals__["OFF_LIMITS"]
 
 
 @contextmanager
@@ -102,40 +116,69 @@ def unless_unimplemented(name: str = "your function"):
 # --------------------------------------------------------------------------- running the learner's code
 
 
-@dataclass(frozen=True)
-class Forbidden:
-    """vislib functions that the learner's code must not call: the exercise is to write them."""
+class LearnerError(Exception):
+    """An exception the learner's function raised in another process (the grader's runner): its
+    type's name, its message, and the learner's line that raised it."""
 
-    functions: tuple
-
-    def code_objects(self) -> set:
-        return {inspect.unwrap(f).__code__ for f in self.functions}
-
-    def names(self) -> str:
-        return ", ".join(f"{f.__module__}.{f.__qualname__}" for f in self.functions)
+    def __init__(self, error_type: str, message: str, line: str | None = None, line_number: int | None = None):
+        super().__init__(f"{error_type}: {message}")
+        self.error_type, self.message, self.line, self.line_number = error_type, message, line, line_number
 
 
-def call(name: str, fn: Callable, *args, models: Iterable[nn.Module] = (), forbidden: Forbidden | None = None):
-    """``fn(*args)``, refused when it changes anything in ``models`` (hooks, modes, requires_grad,
-    .grad, parameters, buffers), changes a tensor argument in place, or calls a ``forbidden`` vislib
-    function. ``NotImplementedError`` passes through to ``exercise``."""
-    models = list(models)
+@dataclass
+class Outcome:
+    """What one call of the learner's function did: its result, the off-limits code it entered,
+    what it changed in each model, and which tensor arguments it changed in place."""
+
+    result: object
+    off_limits: list[str]
+    model_changes: list[list[str]]
+    changed_arguments: list[int]
+
+
+_rule: ContextVar[OffLimits] = ContextVar("off_limits", default=OffLimits())  # noqa: B039 (frozen)
+
+
+def run_here(fn: Callable, args: tuple, kwargs: dict, models: list[nn.Module], rule: OffLimits) -> Outcome:
+    """Call ``fn(*args, **kwargs)`` in this process and report what it did (see ``Outcome``).
+    The learner's exceptions pass through; ``rule``'s functions are tripwires meanwhile."""
     before = [model_state(m) for m in models]
     tensors = [(i, a.detach().clone()) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-    seen = _calls_into(forbidden, fn, args)
-    result = seen.result
-    if seen.called:
-        raise AssertionError(f"your {name} calls vislib's own implementation ({forbidden.names()}): the exercise "
-                             "is to write it yourself; vislib's version is what the check compares with")
-    for model, state in zip(models, before):
-        changes = state_changes(state, model_state(model))
+    rule.fingerprints()  # taken from the originals, before the tripwires replace them
+    offlimits.clear_hits()
+    try:
+        with offlimits.tripwires(rule), offlimits.watching(rule):
+            result = fn(*args, **kwargs)
+    except Exception:
+        if offlimits.hits():  # a tripwire's error, or what followed it, is not the learner's mistake
+            return Outcome(None, offlimits.hits(), [], [])
+        raise
+    changed = [i for i, copy in tensors
+               if not torch.equal(args[i].detach(), copy) and not (args[i].isnan() & copy.isnan()).any()]
+    return Outcome(result, offlimits.hits(), [state_changes(b, model_state(m)) for b, m in zip(before, models)],
+                   changed)
+
+
+def call(name: str, fn: Callable, *args, models: Iterable[nn.Module] = (), **kwargs):
+    """``fn(*args, **kwargs)``, refused when it changes anything in ``models`` (hooks, modes,
+    requires_grad, .grad, parameters, buffers), changes a tensor argument in place, or reaches
+    code that the assignment puts off limits. A function that lives in the grader's runner
+    (``vislib.grading``) reports the same ``Outcome`` from there. ``NotImplementedError`` passes
+    through to ``exercise``."""
+    models = list(models)
+    remote = getattr(fn, "run_reported", None)
+    outcome = remote(args, kwargs, models) if remote else run_here(fn, args, kwargs, models, _rule.get())
+    if outcome.off_limits:
+        raise AssertionError(f"your {name} calls vislib's own implementation or a library that implements the "
+                             f"exercise ({outcome.off_limits[0]}): the exercise is to write it yourself; off limits "
+                             f"in this assignment: {_rule.get().names()}")
+    for changes in outcome.model_changes:
         if changes:
             raise AssertionError(f"your {name} changed the model: {'; '.join(changes)}. {_advice(changes)}")
-    for i, copy in tensors:
-        if not torch.equal(args[i].detach(), copy) and not (args[i].isnan() & copy.isnan()).any():
-            raise AssertionError(f"your {name} changed its argument number {i + 1} in place; work on a copy "
-                                 "(e.g. tensor.clone()) or use out-of-place operations")
-    return result
+    for i in outcome.changed_arguments:
+        raise AssertionError(f"your {name} changed its argument number {i + 1} in place; work on a copy "
+                             "(e.g. tensor.clone()) or use out-of-place operations")
+    return outcome.result
 
 
 def _advice(changes: list[str]) -> str:
@@ -149,34 +192,6 @@ def _advice(changes: list[str]) -> str:
     if any("mode" in c for c in changes):
         return "Leave the model's train/eval mode as it was."
     return "Work on copies and leave the model as you found it."
-
-
-@dataclass
-class _Seen:
-    result: object = None
-    called: bool = False
-
-
-def _calls_into(forbidden: Forbidden | None, fn, args) -> _Seen:
-    """Run ``fn(*args)`` and note whether it entered one of the ``forbidden`` functions (a
-    profile hook watches Python calls only while ``fn`` runs)."""
-    seen = _Seen()
-    if forbidden is None:
-        seen.result = fn(*args)
-        return seen
-    codes = forbidden.code_objects()
-
-    def watch(frame, event, arg):
-        if event == "call" and frame.f_code in codes:
-            seen.called = True
-
-    previous = sys.getprofile()
-    sys.setprofile(watch)
-    try:
-        seen.result = fn(*args)
-    finally:
-        sys.setprofile(previous)
-    return seen
 
 
 # --------------------------------------------------------------------------- comparing results

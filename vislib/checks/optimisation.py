@@ -8,18 +8,21 @@ import numbers
 import torch
 import torch.nn as nn
 
-from vislib import adversarial, optimize
+from vislib import adversarial
 from vislib.checks.cases import CLASSES, cases, small_cnn
-from vislib.checks.harness import Forbidden, call, close, exercise, expect, returned_tensor
+from vislib.checks.harness import call, close, exercise, expect, returned_tensor
+from vislib.checks.offlimits import OffLimits
 from vislib.checks.style import check_total_variation
 from vislib.hooks import frozen
 
 __all__ = ["ascent_step", "class_visualization", "total_variation", "fooling_image"]
 
+# What the functions of this assignment must not use (see vislib.checks.offlimits).
+OFF_LIMITS = OffLimits(modules=("vislib.optimize", "vislib.adversarial"))
+
 LOGIT_NOT_PROBABILITY = ("climb the raw class score (the logit, before the softmax), not the probability or the "
                          "log-probability")
 START_SCALE = 0.1  # the start is START_SCALE * N(0, 1) noise drawn from a generator seeded with ``seed``
-VISUALIZE = Forbidden((optimize.visualize,))
 
 
 def _norm(g: torch.Tensor) -> torch.Tensor:
@@ -55,8 +58,7 @@ def ascent_step(fn) -> None:
 def _check_step(fn, case, lr: float, l2: float) -> None:
     """One case: the learner's step against the reference step and the steps of typical mistakes."""
     image = case.x
-    got = call("ascent_step", fn, case.model, image, case.target, lr, l2, models=[case.model],
-               forbidden=VISUALIZE)
+    got = call("ascent_step", fn, case.model, image, case.target, lr, l2, models=[case.model])
     returned_tensor("ascent_step", got, image.shape, "the new image", f", the new image shaped like the image "
                     f"({case.label})")
     grad = _gradient(case.model, image, case.target, l2)
@@ -202,7 +204,7 @@ def _claims(got: torch.Tensor, free: torch.Tensor, start: torch.Tensor, model: n
 def _call_visualization(fn, model: nn.Module, *args):
     """``call``, whose hint about a changed buffer or mode also says how eval mode is entered and left."""
     try:
-        return call("class_visualization", fn, model, *args, models=[model], forbidden=VISUALIZE)
+        return call("class_visualization", fn, model, *args, models=[model])
     except AssertionError as error:
         if "buffer changed" in str(error) or "train/eval mode" in str(error):
             raise AssertionError(f"{error} {EVAL_MODE}") from None
@@ -220,7 +222,6 @@ def total_variation(fn) -> None:
 
 # --------------------------------------------------------------------------- fooling_image
 
-FOOLING = Forbidden((adversarial.fooling_image,))
 
 
 def _fooling(model: nn.Module, x: torch.Tensor, target: int, step_size: float, max_steps: int, *, score=None,
@@ -286,7 +287,7 @@ def fooling_image(fn) -> None:
 def _check_fooling(fn, label: str, model: nn.Module, x: torch.Tensor, target: int, step_size: float,
                    max_steps: int) -> None:
     """One case: the learner's (image, steps) against vislib's and those of typical mistakes."""
-    got = call("fooling_image", fn, model, x, target, step_size, max_steps, models=[model], forbidden=FOOLING)
+    got = call("fooling_image", fn, model, x, target, step_size, max_steps, models=[model])
     image, steps = _fooling_result(got, x, label)
     reference = adversarial.fooling_image(model, x, target, step_size=step_size, max_steps=max_steps)
     expected, expected_steps = reference.image, int(reference.steps[0])

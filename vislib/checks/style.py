@@ -8,9 +8,14 @@ import math
 import torch
 
 from vislib import optimize, style
-from vislib.checks.harness import Forbidden, call, exercise, expect, returned_tensor
+from vislib.checks.harness import call, exercise, expect, returned_tensor
+from vislib.checks.offlimits import OffLimits
 
 __all__ = ["content_loss", "gram_matrix", "style_loss", "texture_synthesis", "tv_loss"]
+
+# What the functions of this assignment must not use (see vislib.checks.offlimits).
+OFF_LIMITS = OffLimits(modules=("vislib.style",), functions=(optimize.total_variation,),
+                       allowed=(style.extract, style.vgg19_features))
 
 TEXTURE_STEPS = 30
 TEXTURE_LAYERS = ("relu1_1", "relu2_1")
@@ -61,7 +66,6 @@ def _gram_shape(got, features: torch.Tensor) -> None:
 @exercise("gram_matrix", "F F^T per image, divided by C*H*W when normalize, on batches of non-square feature "
                          "maps, with normalize=True (the default) and False.")
 def gram_matrix(fn) -> None:
-    forbidden = Forbidden((style.gram_matrix,))
     for seed, shape in enumerate(_GRAM_SHAPES):
         features = _features(seed, *shape)
         b, c, h, w = shape
@@ -83,10 +87,10 @@ def gram_matrix(fn) -> None:
             batch + "a reshape to [C, B*H*W] mixes images and channels": scrambled_for_all / scale,
         }
         label = f"features of shape {list(shape)}"
-        got = call("gram_matrix", fn, features, forbidden=forbidden)
+        got = call("gram_matrix", fn, features)
         _gram_shape(got, features)
         expect("gram_matrix", got, plain / scale, mistakes, what=f"Gram matrix ({label})")
-        got = call("gram_matrix", lambda f: fn(f, normalize=False), features, forbidden=forbidden)
+        got = call("gram_matrix", lambda f: fn(f, normalize=False), features)
         _gram_shape(got, features)
         expect("gram_matrix", got, plain, {"with normalize=False return the plain sums F F^T, without dividing":
                                            plain / scale}, what=f"Gram matrix with normalize=False ({label})")
@@ -100,10 +104,9 @@ NOT_ABSOLUTE = "square the differences, not their absolute values"
 
 @exercise("content_loss", "||F - P||^2 / ||P||^2, one differentiable number, on feature maps of 3 shapes.")
 def content_loss(fn) -> None:
-    forbidden = Forbidden((style.content_loss, style._relative_error))
     for seed, shape in enumerate(((1, 4, 5, 6), (2, 3, 4, 4), (1, 8, 2, 3))):
         features, target = _features(2 * seed, *shape), _features(2 * seed + 1, *shape)
-        got = call("content_loss", fn, features, target, forbidden=forbidden)
+        got = call("content_loss", fn, features, target)
         _scalar("content_loss", got)
         expected = style.content_loss(features, target)
         difference = features - target
@@ -139,10 +142,9 @@ def _style_inputs() -> tuple[dict, dict]:
 @exercise("style_loss", "the mean over the target's layers of ||G(F_l) - A_l||^2 / ||A_l||^2, one differentiable "
                         "number, on 3 layers of different sizes (and one more layer without a target).")
 def style_loss(fn) -> None:
-    forbidden = Forbidden((style.style_loss, style.content_loss, style._relative_error))
     features, grams = _style_inputs()
     try:
-        got = call("style_loss", fn, features, grams, forbidden=forbidden)
+        got = call("style_loss", fn, features, grams)
     except KeyError as error:
         raise AssertionError(f"your style_loss looks for a layer that has no target Gram ({error}): loop over "
                              "the layers of target_grams; features may hold more layers (the content layer, say)"
@@ -179,9 +181,8 @@ def check_total_variation(name: str, fn, images) -> None:
     """The total variation check that the style (``tv_loss``) and the optimisation
     (``total_variation``) assignments share: vislib.optimize.total_variation's convention, the
     sum of squared differences between vertical and horizontal neighbours, one value per image."""
-    forbidden = Forbidden((optimize.total_variation,))
     for image in images:
-        got = call(name, fn, image, forbidden=forbidden)
+        got = call(name, fn, image)
         expected = optimize.total_variation(image)
         dy, dx = image[..., 1:, :] - image[..., :-1, :], image[..., :, 1:] - image[..., :, :-1]
         wrap_dy, wrap_dx = image - image.roll(1, -2), image - image.roll(1, -1)
@@ -231,10 +232,9 @@ def _stripes(size: int = 32) -> torch.Tensor:
 @exercise("texture_synthesis", f"from noise, {TEXTURE_STEPS} steps lower the style loss of a 32x32 texture "
                                f"below {ENOUGH:.0%} of random noise's, without copying it or changing the network.")
 def texture_synthesis(fn) -> None:
-    forbidden = Forbidden((style.texture_synthesis, style.style_transfer, style._synthesise))
     net = style.vgg19_features.__wrapped__(False, seed=0, last=TEXTURE_LAYERS[-1])  # a fresh copy, not the cached one
     texture = _stripes()
-    got = call("texture_synthesis", fn, net, texture, TEXTURE_LAYERS, TEXTURE_STEPS, models=[net], forbidden=forbidden)
+    got = call("texture_synthesis", fn, net, texture, TEXTURE_LAYERS, TEXTURE_STEPS, models=[net])
     returned_tensor("texture_synthesis", got, texture.shape, why=", an image the size of the style image")
     got = got.detach()
     if not torch.isfinite(got).all():
