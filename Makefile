@@ -49,14 +49,17 @@ NBGRADER = cd $(COURSE) && PATH="$(CURDIR)/$(BIN):$$PATH" "$(CURDIR)/$(BIN)/nbgr
 assignments: setup  ## the learners' versions: $(COURSE)/release/ from $(COURSE)/source/, solutions and hidden tests removed
 	$(NBGRADER) generate_assignment "*" --force --log-level=ERROR
 
-autograde: setup  ## grade $(COURSE)/submitted/<student>/<assignment>/: $(COURSE)/grades.csv and feedback/ HTML
+autograde: setup  ## grade $(COURSE)/submitted/<student>/<assignment>/: grades.csv, feedback/ HTML, integrity.csv
 	@test -n "$$(ls -d $(COURSE)/submitted/*/*/ 2>/dev/null)" || \
 		{ echo "no submissions: put them in $(COURSE)/submitted/<student>/<assignment>/"; exit 1; }
+	rm -f $(COURSE)/integrity.csv
 	$(NBGRADER) generate_assignment "*" --force --log-level=ERROR  # the gradebook learns each assignment's cells
-	$(NBGRADER) autograde "*" --create --force --log-level=ERROR
+	$(NBGRADER) autograde "*" --create --force --log-level=ERROR || \
+		echo "nbgrader autograde reported errors; the other submissions are graded (see below)"
 	$(NBGRADER) generate_feedback "*" --force --log-level=ERROR
 	$(NBGRADER) export --log-level=ERROR
-	@echo "grades: $(COURSE)/grades.csv; feedback: $(COURSE)/feedback/<student>/<assignment>/"
+	$(BIN)/python -m vislib.grading report $(COURSE)
+	@echo "grades: $(COURSE)/grades.csv; feedback: $(COURSE)/feedback/<student>/<assignment>/; report: $(COURSE)/integrity.csv"
 
 weights: setup  ## retrain ShapesNet and the robust ShapesNet (seeded, about 10 + 14 minutes on a 2-core CPU)
 	$(BIN)/python -m vislib.train

@@ -1,0 +1,187 @@
+"""The grader's side of the runner (``vislib.grading.runner``): start runners from one zygote, feed
+them a submission's cells, call the learner's functions there, and stop runners that hang or die.
+
+``RemoteFunction`` stands for a learner's function inside a check: the check runs in the grader,
+compares with its own reference and decides; only the learner's function runs in the runner.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from vislib.checks.harness import LearnerError, Outcome
+from vislib.checks.offlimits import OffLimitsCall
+from vislib.grading import wire
+
+
+class RunnerGone(AssertionError):
+    """The runner stopped answering: it ran over its time or ended (exit, crash, memory)."""
+
+
+class _Zygote:
+    """The process that imports torch and vislib once and forks a runner per request."""
+
+    def __init__(self):
+        self.control, theirs = socket.socketpair()
+        self.process = subprocess.Popen([sys.executable, "-m", "vislib.grading.runner", str(theirs.fileno())],
+                                        pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+
+    def spawn(self, request: dict) -> tuple[int, socket.socket]:
+        wire.send(self.control, request)
+        message, fds, _, _ = socket.recv_fds(self.control, 64, 1)
+        if not fds:
+            raise RuntimeError("the grader's zygote did not start a runner")
+        return int(message), socket.socket(fileno=fds[0])
+
+
+_zygote: _Zygote | None = None
+
+
+def zygote() -> _Zygote:
+    """The grader's zygote, started on first use (start it early: it takes a few seconds)."""
+    global _zygote
+    if _zygote is None or _zygote.process.poll() is not None:
+        _zygote = _Zygote()
+    return _zygote
+
+
+@dataclass
+class CellRun:
+    """What became of one of the learner's cells in the runner."""
+
+    index: int
+    error: dict | None = None
+    stopped: str | None = None  # why the runner was stopped in this cell (time, exit)
+
+
+@dataclass
+class Runner:
+    """One submission's runner: ``cells`` are the learner's code cells (index, source) in order;
+    ``checks`` name the exercises, whose assignments' rules go behind tripwires."""
+
+    cells: list[tuple[int, str]]
+    checks: list[str]
+    imports: list[str]
+    timeout: float
+    memory_bytes: int | None = None
+    cpu_seconds: int | None = None
+    runs: dict[int, CellRun] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
+    restarts: int = 0
+    _pid: int | None = None
+    _sock: socket.socket | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start_in_background(self) -> None:
+        """Start the runner and run the cells while the grader does other work (the kernel)."""
+        threading.Thread(target=self._start, daemon=True).start()
+
+    def _start(self) -> None:
+        with self._lock:
+            self._start_unlocked()
+
+    def _start_unlocked(self) -> None:
+        """Fork a runner and run the cells, skipping those that stopped an earlier runner."""
+        while self._sock is None:
+            self._pid, self._sock = zygote().spawn({"checks": self.checks, "imports": self.imports,
+                                                    "memory_bytes": self.memory_bytes,
+                                                    "cpu_seconds": self.cpu_seconds})
+            for index, source in self.cells:
+                if self.runs.get(index, CellRun(index)).stopped:
+                    continue
+                try:
+                    reply = self._ask({"op": "cell", "source": source})
+                except RunnerGone as gone:
+                    self.runs[index] = CellRun(index, stopped=str(gone))
+                    self.restarts += 1
+                    break
+                self.runs[index] = CellRun(index, error=reply.get("error"))
+
+    def _ask(self, message: dict) -> dict:
+        assert self._sock is not None
+        self._sock.settimeout(self.timeout)
+        try:
+            wire.send(self._sock, message)
+            reply = wire.receive(self._sock, trusted=False)
+        except TimeoutError:
+            self.stop()
+            raise RunnerGone(f"it ran for more than {self.timeout:.0f} s and was stopped") from None
+        except (EOFError, OSError, ValueError):
+            self.stop()
+            raise RunnerGone("the Python process running it ended (an exit, a crash, or memory ran out)") from None
+        if not isinstance(reply, dict):
+            self.stop()
+            raise RunnerGone("the Python process running it sent a malformed reply")
+        self.refused.update(str(r) for r in reply.get("refused", ()))
+        return reply
+
+    def call(self, name: str, args: tuple, kwargs: dict, models: list) -> dict:
+        self._start()
+        try:
+            return self._ask({"op": "call", "name": name, "args": args, "kwargs": kwargs, "models": models})
+        except RunnerGone:
+            self.restarts += 1
+            raise
+
+    def close(self) -> None:
+        """Stop the runner once it has finished starting (a start is bounded by the cells' time limits)."""
+        with self._lock:
+            self.stop()
+
+    def stop(self) -> None:
+        """Kill the runner and everything it started (its own session)."""
+        pid = self._pid
+        if pid is not None:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self._sock is not None:
+            self._sock.close()
+        self._pid, self._sock = None, None
+
+
+@dataclass
+class RemoteFunction:
+    """The learner's function ``name`` in ``runner``, as a check sees it."""
+
+    runner: Runner
+    name: str
+    seconds: float = 0.0  # time spent in the runner, for the report
+
+    def run_reported(self, args: tuple, kwargs: dict, models: list) -> Outcome:
+        start = time.perf_counter()
+        try:
+            reply = self.runner.call(self.name, tuple(args), dict(kwargs), list(models))
+        except RunnerGone as gone:
+            raise AssertionError(f"your {self.name}: {gone}. Look for an endless loop, an exit, or a very "
+                                 "large tensor.") from None
+        finally:
+            self.seconds += time.perf_counter() - start
+        if reply.get("missing"):
+            raise AssertionError(f"{self.name} is not defined in your notebook: keep the function's name and run "
+                                 "the cell that defines it")
+        if reply.get("not_implemented"):
+            raise NotImplementedError
+        if reply.get("error"):
+            error = reply["error"]
+            raise LearnerError(str(error.get("type")), str(error.get("message")), error.get("line"),
+                               error.get("line_number"))
+        return Outcome(wire.restore(reply.get("result")), [str(h) for h in reply.get("off_limits", ())],
+                       [[str(c) for c in changes] for changes in reply.get("model_changes", ())],
+                       [int(i) for i in reply.get("changed_arguments", ())])
+
+    def __call__(self, *args, **kwargs):
+        """A call from inside a check (not through ``harness.call``): the result, or the error."""
+        outcome = self.run_reported(args, kwargs, [])
+        if outcome.off_limits:
+            raise OffLimitsCall(outcome.off_limits[0])
+        return outcome.result
