@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-PEER_LIBRARIES = ("captum", "pytorch_grad_cam", "torchcam")
+from vislib.grading.confine import PEER_LIBRARIES
 
 _hits: list[str] = []  # what was entered since the last ``clear_hits``
 

@@ -20,8 +20,10 @@ from vislib.grading import confine
 
 def main() -> None:
     scratch = tempfile.mkdtemp(prefix="vislib-kernel-")
-    os.environ["TMPDIR"] = tempfile.tempdir = scratch
+    os.environ.update(TMPDIR=scratch, TORCHINDUCTOR_CACHE_DIR=scratch)
+    tempfile.tempdir = scratch
     import matplotlib.font_manager  # noqa: F401 (reads or builds the font cache while that is allowed)
+    import torchvision  # noqa: F401 (every assignment needs torch: load it unconfined, like the runner's zygote)
     from ipykernel.kernelapp import IPKernelApp
 
     app = IPKernelApp.instance()

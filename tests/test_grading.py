@@ -1,0 +1,158 @@
+"""The grader of a real class: a class of saliency submissions (tests/grading_course.py) graded by
+one `make autograde`, and the pieces it rests on: what crosses from the runner, what a confined
+process may do, what the integrity scan flags, and the test cells' form."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests import grading_course
+from vislib.grading import integrity, wire
+from vislib.grading.autograde import checks_in
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory) -> Path:
+    """`make autograde` on the smaller class, with time limits fitted to a test (20 s a cell)."""
+    course = tmp_path_factory.mktemp("class")
+    grading_course.build(course, grading_course.IN_MAKE_TEST)
+    with (course / "nbgrader_config.py").open("a") as f:
+        f.write("\nc.TrustedExecute.timeout = 20\nc.TrustedExecute.submission_timeout = 240\n")
+    done = subprocess.run(["make", "-s", "autograde", f"COURSE={course}"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, f"make autograde failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    (course / "make-output.txt").write_text(done.stdout)
+    return course
+
+
+def scores(course: Path) -> dict[str, float]:
+    with (course / "grades.csv").open() as f:
+        return {row["student_id"]: float(row["score"]) for row in csv.DictReader(f)}
+
+
+def report_rows(course: Path) -> dict[str, list[dict]]:
+    rows = defaultdict(list)
+    path = course / "integrity.csv"
+    if path.exists():
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                rows[row["student"]].append(row)
+    return rows
+
+
+def test_every_submission_gets_its_score_and_its_feedback(graded):
+    got = scores(graded)
+    for name in grading_course.IN_MAKE_TEST:
+        expected = grading_course.SUBMISSIONS[name][2]
+        assert got[name] == expected, f"{name} scored {got[name]}, not {expected}"
+        assert (graded / "feedback" / name / "saliency" / "saliency.html").is_file(), f"no feedback for {name}"
+
+
+def test_the_report_lists_what_the_instructor_must_see_and_nothing_for_honest_work(graded):
+    rows = report_rows(graded)
+    for name in grading_course.IN_MAKE_TEST:
+        kinds = {row["kind"] for row in rows[name]}
+        wanted = grading_course.SUBMISSIONS[name][3]
+        assert wanted <= kinds, f"{name}: the report has {kinds}, not {wanted}: {rows[name]}"
+        if not wanted:
+            assert "tampering" not in kinds and "failure" not in kinds, f"{name} was flagged: {rows[name]}"
+    restored = {row["cell"] for row in rows["deletes_cells"] if row["kind"] == "restored"}
+    assert restored == {"check_relu_backward", "check_occlusion_map"}
+    assert "deletes_cells" in (graded / "make-output.txt").read_text()  # make autograde prints the report
+
+
+def test_a_failed_check_shows_its_hint_and_a_passed_one_its_line_in_the_feedback(graded):
+    cells = json.loads((graded / "autograded" / "partial" / "saliency" / "saliency.ipynb").read_text())["cells"]
+    shown = {c["metadata"].get("nbgrader", {}).get("grade_id"): json.dumps(c.get("outputs", [])) for c in cells}
+    assert "saliency_map: correct." in shown["check_saliency_map"]
+    assert "not implemented yet" in shown["check_occlusion_map"]
+    cells = json.loads((graded / "autograded" / "warns" / "saliency" / "saliency.ipynb").read_text())["cells"]
+    check = next(c for c in cells if c["metadata"].get("nbgrader", {}).get("grade_id") == "check_saliency_map")
+    assert not any(o.get("name") == "stderr" for o in check["outputs"])
+
+
+def test_the_grader_leaves_no_process_behind(graded):
+    left = subprocess.run(["pgrep", "-f", "vislib.grading"], capture_output=True, text=True).stdout.split()
+    assert not left, f"grader processes still running: {left}"
+
+
+# --------------------------------------------------------------------------- the pieces
+
+
+def test_replies_load_as_plain_data_only():
+    plain = wire.portable({"map": torch.ones(2, requires_grad=True) * 2, "steps": 3, "pair": (1.5, "x")})
+    back = wire.restore(plain)
+    assert back["steps"] == 3 and back["pair"] == (1.5, "x") and back["map"].requires_grad
+    assert torch.equal(back["map"].detach(), torch.full((2,), 2.0))
+    assert type(wire.restore(wire.portable(object()))).__name__ == "object"
+    with pytest.raises(TypeError):
+        wire.restore({"__tensor__": "not a tensor", "requires_grad": False})
+
+
+def run_confined(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``code`` in a fresh Python confined to read Python's installation and write ``tmp_path``."""
+    program = textwrap.dedent(f"""
+        from vislib.grading import confine
+        rules = confine.Rules(readable=confine.python_roots() + confine.SYSTEM_ROOTS, writable=({str(tmp_path)!r},),
+                              hidden=(confine.package_folder("vislib"),))
+        confine.confine(rules)
+    """) + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("code", [
+    "open(__import__('vislib').__file__).read()",  # vislib's source
+    f"open({str(ROOT / 'assignments' / 'source' / 'saliency' / 'saliency.ipynb')!r}).read()",  # the solutions
+    "import subprocess; subprocess.run(['true'])",
+    "import os; os.system('true')",
+    "import os; os.fork()",
+    "import captum",
+    "import ctypes; ctypes.CDLL(None)",
+    "open('/etc/../root/x', 'w')",
+])
+def test_a_confined_process_is_refused(code, tmp_path):
+    done = run_confined(code, tmp_path)
+    assert done.returncode != 0 and "the grader does not allow this" in done.stderr, done.stderr[-500:]
+
+
+def test_a_confined_process_still_imports_computes_and_writes_its_own_folder(tmp_path):
+    done = run_confined("import torch, sklearn.manifold; print(torch.ones(2).sum().item());"
+                        "open('mine.txt', 'w').write('ok')", tmp_path)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert done.stdout.strip() == "2.0" and (tmp_path / "mine.txt").read_text() == "ok"
+
+
+@pytest.mark.parametrize("name", ["patches_checks", "anything_and_torch", "ipython_machinery", "vislib_routes",
+                                  "exits"])
+def test_the_scan_flags_each_family_of_cheats(name):
+    replacements, extra, _, _ = grading_course.SUBMISSIONS[name]
+    sources = [s for s in list(replacements.values()) + extra if s != grading_course.STUB]
+    assert any(integrity.scan(source, ("vislib.saliency",)) for source in sources), name
+
+
+def test_the_scan_passes_ordinary_solutions():
+    source = json.loads((ROOT / "assignments" / "source" / "cam" / "cam.ipynb").read_text())
+    for cell in source["cells"]:
+        if cell["metadata"].get("nbgrader", {}).get("solution") and cell["cell_type"] == "code":
+            assert integrity.scan(grading_course._solution(cell), ("vislib.cam",)) == [], cell["source"]
+
+
+def test_every_test_cell_is_in_the_form_the_grader_reads():
+    for path in (ROOT / "assignments" / "source").glob("*/*.ipynb"):
+        for cell in json.loads(path.read_text())["cells"]:
+            meta = cell["metadata"].get("nbgrader", {})
+            if cell["cell_type"] == "code" and meta.get("grade") and not meta.get("solution"):
+                pairs = checks_in("".join(cell["source"]))
+                assert pairs and all(check == function for check, function in pairs), (path.name, pairs)
+    with pytest.raises(ValueError):
+        checks_in("checks.saliency_map(saliency_map)\nassert True")
