@@ -5,7 +5,10 @@ nbclient executes each notebook, nbconvert's HTML exporter renders it with Jupyt
 small template (book/templates/course) that adds a bar to move between notebooks. The index page
 (book/templates/site_index.html.j2) is the course map: per notebook a thumbnail (its first figure),
 its title and a one-line summary: its question from the course map table in notebook 00, else the
-first sentence under its title. The map's parts (model behaviour, model decisions) group the cards.
+first sentence under its title. The map's parts (model behaviour, model decisions, neural style, ...)
+group the cards. Below the map, the index lists the assignments: the learners' versions in
+assignments/release/, each with the notebook it belongs to, the functions it asks for (from its first
+cell) and how to open it; build/site/assignments/ gets copies to download.
 
 Explorers (vislib.widgets) need a live kernel, so on the site each one becomes a static copy of
 the figure it drew first, with a note; the pages load no script except MathJax, whose files are copied
@@ -41,6 +44,7 @@ from PIL import Image
 from vislib.widgets import EXPLORER_CLASS
 
 ROOT = Path(__file__).resolve().parents[1]
+RELEASE = ROOT / "assignments" / "release"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -156,6 +160,30 @@ def course_map(notebook: nbformat.NotebookNode) -> dict[str, tuple[str, str]]:
     return rows
 
 
+def assignments(release: Path = RELEASE) -> list[dict]:
+    """The learners' assignments, release/<name>/<name>.ipynb, in name order. From each one's first
+    markdown cell: its title (without "Assignment: "), the course notebook it belongs to (the
+    "(notebook `NN_name`)" it names) and the numbered list of functions it asks for, as
+    (name, what it does) pairs in plain text (no formulas: the index does not load MathJax)."""
+    found = []
+    for path in sorted(release.glob("*/*.ipynb")):
+        if path.stem != path.parent.name:
+            continue
+        notebook = nbformat.read(path, as_version=4)
+        first = next((cell.source for cell in notebook.cells if cell.cell_type == "markdown"), "")
+        title, _ = title_and_summary(notebook, path.stem)
+        part = re.search(r"\(notebook\s+`(\d\d_\w+)`\)", first)
+        items = re.findall(r"^\d+\.\s+`(\w+)`:?\s*(.*(?:\n {2,}\S.*)*)", first, re.M)
+        # the index has no MathJax: a formula and the word that introduces it are left out
+        functions = [(name, " ".join(_plain(re.sub(r"(\s+(on|of))?\s*\$[^$]+\$", "", text)).split()).rstrip(";."))
+                     for name, text in items]
+        found.append({"name": path.parent.name, "title": re.sub(r"^Assignment:\s*", "", title),
+                      "notebook": part.group(1) if part else None, "functions": functions,
+                      "path": f"assignments/release/{path.parent.name}/{path.name}",
+                      "download": f"assignments/{path.name}"})
+    return found
+
+
 def thumbnail(png_base64: str, path: Path):
     image = Image.open(io.BytesIO(base64.b64decode(png_base64))).convert("RGB")
     image.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH))
@@ -195,6 +223,10 @@ def build(paths: list[Path], out: Path, timeout: int) -> list[dict]:
         shutil.rmtree(out)
     (out / "thumbs").mkdir(parents=True)
     (out / "notebooks").mkdir()
+    (out / "assignments").mkdir()
+    tasks = assignments()
+    for task in tasks:
+        shutil.copy(ROOT / task["path"], out / task["download"])
     shutil.copy(TEMPLATES / "course.css", out / "course.css")
     copy_mathjax(out)
     entries, executed = [], []
@@ -222,6 +254,9 @@ def build(paths: list[Path], out: Path, timeout: int) -> list[dict]:
 
     for entry in entries:  # the course map's question is the better one-line summary
         entry["part"], entry["summary"] = course.get(entry["stem"][:2], ("", entry["summary"]))
+    pages = {entry["stem"]: entry for entry in entries}
+    for task in tasks:  # link each assignment to its notebook's page (when that page was built)
+        task["page"] = pages.get(task["notebook"])
 
     exporter = page_exporter()
     for i, (entry, notebook) in enumerate(zip(entries, executed)):
@@ -234,7 +269,7 @@ def build(paths: list[Path], out: Path, timeout: int) -> list[dict]:
     index.filters["groupby_in_order"] = lambda items, key: [(part, list(group)) for part, group in
                                                             itertools.groupby(items, lambda item: item[key])]
     (out / "index.html").write_text(index.get_template("site_index.html.j2").render(
-        title=TITLE, intro=INTRO, notebooks=entries, nbconvert_version=nbconvert.__version__,
+        title=TITLE, intro=INTRO, notebooks=entries, assignments=tasks, nbconvert_version=nbconvert.__version__,
         built=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")), encoding="utf-8")
     (out / "manifest.json").write_text(json.dumps(entries, indent=1))
     if failures:

@@ -72,6 +72,7 @@ def test_course_map_of_notebook_00():
     stems = sorted(path.stem[:2] for path in (ROOT / "notebooks").glob("0[1-9]_*.ipynb"))
     assert sorted(course) == stems
     assert course["01"][0] == "model behaviour" and course["05"][0] == "model decisions"
+    assert course["06"][0] == "neural style"  # the lecture's own part, not a model decision
     assert all(question[0].isupper() for _, question in course.values())
 
 
@@ -85,3 +86,27 @@ def test_pages_load_mathjax_from_the_site_not_from_the_network(tmp_path):
     assert not re.search(r"(src|href)=\"(https?:)?//", html)
     script, config = re.fullmatch(r"([^?]+)\?config=([^,]+),Safe", build.MATHJAX_URL).groups()
     assert (tmp_path / script).is_file() and (tmp_path / "mathjax" / "config" / f"{config}.js").is_file()
+
+
+def test_the_index_lists_every_learners_assignment_with_its_notebook_and_functions():
+    tasks = build.assignments()
+    release = sorted(path.name for path in (ROOT / "assignments" / "release").iterdir() if path.is_dir())
+    assert [task["name"] for task in tasks] == release
+    notebooks = {path.stem for path in (ROOT / "notebooks").glob("*.ipynb")}
+    for task in tasks:
+        assert task["notebook"] in notebooks, task["name"]
+        assert len(task["functions"]) >= 3 and all(name.isidentifier() for name, _ in task["functions"]), task
+        assert not any("$" in what for _, what in task["functions"]), "the index has no MathJax"
+        assert (ROOT / task["path"]).is_file() and task["path"].startswith("assignments/release/")
+
+
+def test_the_index_page_shows_the_assignments(tmp_path):
+    tasks = build.assignments()
+    index = build.jinja2.Environment(loader=build.jinja2.FileSystemLoader(build.TEMPLATES), autoescape=True)
+    index.filters["groupby_in_order"] = lambda items, key: [(key, items)]
+    html = index.get_template("site_index.html.j2").render(title="t", intro="i", notebooks=[], assignments=tasks,
+                                                          nbconvert_version="0", built="now")
+    for task in tasks:
+        assert task["path"] in html and f'href="{task["download"]}"' in html
+    assert "class hub" in html and "make lab" in html
+    assert 'class="course-card' not in html  # the site check counts course cards as notebook pages
