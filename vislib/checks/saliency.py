@@ -32,13 +32,17 @@ def saliency_map(fn) -> None:
         got = call("saliency_map", fn, case.model, case.x, case.target, models=[case.model], forbidden=forbidden)
         grad = saliency.gradient(case.model, case.x, case.target)
         first = saliency.gradient(case.model, case.x, case.target[0].item())
+        log_probability = saliency.gradient(_log_probability(case.model), case.x, case.target).abs().amax(1)
         mistakes = {
+            LOGIT_NOT_PROBABILITY + ": yours is the gradient of the cross-entropy loss averaged over the batch":
+                log_probability / len(case.x),
+            "explain the given target class of each image, not the class the model predicts (argmax)":
+                saliency.gradient(case.model, case.x).abs().amax(1),
             "take the absolute value of the gradient before the maximum over colour channels": grad.amax(1),
             "reduce the colour channels with the maximum, not the sum": grad.abs().sum(1),
             "reduce the colour channels with the maximum, not the mean": grad.abs().mean(1),
             LOGIT_NOT_PROBABILITY: saliency.gradient(_probability(case.model), case.x, case.target).abs().amax(1),
-            LOGIT_NOT_PROBABILITY + " ": saliency.gradient(_log_probability(case.model), case.x,
-                                                            case.target).abs().amax(1),
+            LOGIT_NOT_PROBABILITY + " ": log_probability,
             "one map per image [B,H,W]: take the maximum of |gradient| over the colour channels (dim 1)":
                 grad.abs(),
             EACH_OWN_TARGET: first.abs().amax(1),
@@ -94,6 +98,7 @@ def occlusion_map(fn) -> None:
 
         expected = occlusion(case.model, case.target)
         height, width = case.x.shape[-2:]
+        _last_window(got, expected, height, width)
         rows = saliency._window_cover(height, WINDOW, STRIDE, "cpu").sum(0).float()
         cols = saliency._window_cover(width, WINDOW, STRIDE, "cpu").sum(0).float()
         mistakes = {
@@ -108,6 +113,20 @@ def occlusion_map(fn) -> None:
                                    baseline=_first_channel_only(case.x), progress=False),
         }
         expect("occlusion_map", got, expected, mistakes, what=f"map ({case.label})")
+
+
+def _last_window(got, expected: torch.Tensor, height: int, width: int) -> None:
+    """The hint for a loop that stops one window early (range(0, size - window, stride)): no window
+    covers the last rows or columns, so their count is 0 and the average 0 / 0 is NaN."""
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape or torch.isfinite(got).all():
+        return
+    rows = torch.arange(height) >= max(range(0, height - WINDOW, STRIDE), default=-STRIDE) + WINDOW
+    cols = torch.arange(width) >= max(range(0, width - WINDOW, STRIDE), default=-STRIDE) + WINDOW
+    if torch.equal(~torch.isfinite(got), (rows[:, None] | cols[None, :]).expand_as(got)):
+        raise AssertionError(f"your occlusion_map gives NaN in the last rows or columns: no window covered them "
+                             f"(0 / 0). Let the loop reach the last window: range(0, height - window + 1, stride), "
+                             f"the +1 included ({WINDOW}x{WINDOW} windows, stride {STRIDE}, images of "
+                             f"{height}x{width})")
 
 
 def _first_channel_only(x: torch.Tensor) -> torch.Tensor:
