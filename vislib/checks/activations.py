@@ -73,9 +73,8 @@ def filter_tiles(fn) -> None:
         got = call("filter_tiles", fn, weight, forbidden=forbidden)
         expected = _tiles(weight)
         zero = weight.flatten(1).abs().amax(1) == 0
-        if isinstance(got, torch.Tensor) and got.shape == expected.shape and not torch.isfinite(got[zero]).all():
-            raise AssertionError("your filter_tiles gives NaN for a filter of zeros: guard the division by its "
-                                 "largest |weight| so that such a filter becomes plain grey (0.5)")
+        nan_for_zeros = (isinstance(got, torch.Tensor) and got.shape == expected.shape
+                         and not torch.isfinite(got[zero]).all())
         own = weight.flatten(1).abs().amax(1).clamp_min(1e-12)[:, None, None, None]
         low = weight.flatten(1).amin(1)[:, None, None, None]
         span = (weight.flatten(1).amax(1)[:, None, None, None] - low).clamp_min(1e-12)
@@ -95,6 +94,12 @@ def filter_tiles(fn) -> None:
             "keep rows as rows: [N, kh, kw, C] is weight.permute(0, 2, 3, 1); yours swaps height and width":
                 expected.transpose(1, 2),
         }
+        if nan_for_zeros:  # name the scaling from the other filters first: min-max scaling also gives 0 / 0
+            expect("filter_tiles", got[~zero], expected[~zero], {hint: wrong[~zero] for hint, wrong in mistakes.items()
+                                                                 if wrong.shape == expected.shape},
+                   what=f"stack of tiles ({label}, the filters that are not all zeros)")
+            raise AssertionError("your filter_tiles gives NaN for a filter of zeros: guard the division by its "
+                                 "largest |weight| so that such a filter becomes plain grey (0.5)")
         expect("filter_tiles", got, expected, mistakes, what=f"stack of tiles ({label})")
 
 
@@ -151,6 +156,8 @@ def _compare_patches(got, expected, maps: torch.Tensor, k: int, rf, what: str) -
     start = offset + position * stride
     swapped = offset + torch.stack([unit % width, unit // width], 1) * stride
     by_height = offset + torch.stack([unit // height, unit % height], 1) * stride
+    exclusive = ("box ends are exclusive, like slices: bottom = top + size (then clipped), so that "
+                 "image[:, top:bottom, left:right] is the whole window")
     unravel = "unravel the flat position with the map's width w: y = index // w, x = index % w"
     repeated = ("each patch must come from a different image: take each image's best position (max over positions) "
                 "first, then the k best images")
@@ -162,8 +169,11 @@ def _compare_patches(got, expected, maps: torch.Tensor, k: int, rf, what: str) -
     mistakes = {
         "clip the boxes to the image: top and left at least 0, bottom and right at most its height and width":
             _boxes(start, rf.size, rf.input_size, clip=False),
-        "box ends are exclusive, like slices: bottom = top + size (then clipped), so that "
-        "image[:, top:bottom, left:right] is the whole window": _boxes(start, rf.size, rf.input_size, inclusive=True),
+        exclusive: _boxes(start, rf.size, rf.input_size, inclusive=True),
+        exclusive + " ": _boxes(start, tuple(s - 1 for s in rf.size), rf.input_size),
+        "a unit's window starts at offset + position * stride: multiply the position by the receptive field's "
+        "stride (the distance in pixels between neighbouring units' windows)": _boxes(offset + position, rf.size,
+                                                                                       rf.input_size),
         "a unit's window starts at offset + position * stride: add the receptive field's offset (negative where "
         "the window reaches into the padding)": _boxes(position * stride, rf.size, rf.input_size),
         unravel: _boxes(swapped, rf.size, rf.input_size),
