@@ -191,6 +191,12 @@ def knn_with_itself(features, k):
     return (unit @ unit.T).topk(k, dim=1).indices
 
 
+def knn_topk_plus_one(features, k):
+    """Drops the first of k + 1 neighbours, assuming it is the row itself: wrong for rows that point the same way."""
+    unit = F.normalize(features, dim=1)
+    return (unit @ unit.T).topk(k + 1, dim=1).indices[:, 1:]
+
+
 def knn_euclidean(features, k):
     distance = torch.cdist(features, features)
     distance.fill_diagonal_(float("inf"))
@@ -226,6 +232,7 @@ def test_cosine_knn_accepts_correct_implementations(fn, capsys):
 
 @pytest.mark.parametrize("fn,hint", [
     (knn_with_itself, "leave each row itself out"),
+    (knn_topk_plus_one, r"rows 2 and 6 pointing the same way.*Dropping the first column of\s+topk\(k \+ 1\)"),
     (knn_euclidean, "not the euclidean distance"),
     (knn_dot_product, "divide by the norms"),
     (knn_farthest, "the nearest rows have the LARGEST cosine similarity"),
@@ -318,6 +325,11 @@ def tsne_exact_random_start(features, seed):
     return torch.from_numpy(coords).float()
 
 
+def tsne_no_random_state(features, seed):
+    """Right: the default start, init='pca', is the data's PCA projection, the same on every run."""
+    return torch.as_tensor(TSNE(n_components=2).fit_transform(features.numpy()))
+
+
 def tsne_pca(features, seed):
     return torch.as_tensor(PCA(2, random_state=seed).fit_transform(features.numpy()))
 
@@ -338,7 +350,7 @@ def tsne_calls_vislib(features, seed):
     return embedding.project(features, "tsne", seed=seed)
 
 
-@pytest.mark.parametrize("fn", [tsne_defaults, tsne_exact_random_start])
+@pytest.mark.parametrize("fn", [tsne_defaults, tsne_exact_random_start, tsne_no_random_state])
 def test_tsne_2d_accepts_correct_implementations(fn, capsys):
     checks.tsne_2d(fn)
     assert "tsne_2d: correct" in capsys.readouterr().out

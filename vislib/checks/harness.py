@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 from threadpoolctl import threadpool_limits
@@ -94,16 +95,19 @@ def exercise(name: str, summary: str):
 
 @contextmanager
 def _apart_from_the_learner():
-    """A check neither reseeds the learner's global random state (the case models are built from
-    seeds) nor competes with itself for a small shared CPU: its tiny models and t-SNE run on one
-    thread (several threads wait for each other when other programs share the cores)."""
+    """A check neither reseeds the learner's global random states, torch's and numpy's (the case models
+    are built from seeds, t-SNE may draw from numpy's) nor competes with itself for a small shared CPU:
+    its tiny models and t-SNE run on one thread (several threads wait for each other when other
+    programs share the cores)."""
     threads = torch.get_num_threads()
+    numpy_state = np.random.get_state()
     with torch.random.fork_rng(devices=[]), threadpool_limits(1):
         torch.set_num_threads(1)
         try:
             yield
         finally:
             torch.set_num_threads(threads)
+            np.random.set_state(numpy_state)
 
 
 # What typical errors inside a learner's function usually mean: (pattern of the message, meaning).
