@@ -154,6 +154,13 @@ def tiles_min_max_unguarded(weight):
     return ((w - low) / (high - low)).permute(0, 2, 3, 1)
 
 
+def tiles_signed_max(weight):
+    """Divides by the largest weight, not the largest |weight| (a zero filter stays grey)."""
+    w = weight.detach()
+    largest = w.amax(dim=(1, 2, 3), keepdim=True)
+    return (0.5 + 0.5 * w / torch.where(largest == 0, 1.0, largest)).permute(0, 2, 3, 1)
+
+
 def tiles_channels_first(weight):
     return tiles_vectorised(weight).permute(0, 3, 1, 2)
 
@@ -193,6 +200,7 @@ def test_filter_tiles_accepts_correct_implementations(fn, capsys):
     (tiles_global_scale, "not all filters by one global maximum"),
     (tiles_min_max, "min-max scaling moves zero"),
     (tiles_min_max_unguarded, "min-max scaling moves zero"),
+    (tiles_signed_max, "not the largest weight"),
     (tiles_channels_first, r"colour channels last, \[N, kh, kw, C\]"),
     (tiles_height_width_swapped, "swaps height and width"),
     (tiles_per_channel, "scaling each colour channel on its own"),
@@ -245,6 +253,11 @@ def top_units_may_repeat(acts, channel, k, rf):
     end = torch.minimum(start + torch.tensor(rf.size), torch.tensor(rf.input_size))
     start = start.clamp(min=0)
     return values, images, torch.stack([start[:, 0], start[:, 1], end[:, 0], end[:, 1]], dim=1)
+
+
+def top_weakest_first(acts, channel, k, rf):
+    values, images, boxes = top_vectorised(acts, channel, k, rf)
+    return values.flip(0), images.flip(0), boxes.flip(0)
 
 
 def top_by_mean(acts, channel, k, rf):
@@ -312,6 +325,7 @@ def test_top_patches_accepts_correct_implementations(fn, capsys):
 @pytest.mark.parametrize("fn,hint", [
     (top_units_may_repeat, "each patch must come from a different image"),
     (top_by_mean, "not by the mean activation"),
+    (top_weakest_first, "strongest first"),
     (top_unclipped, "clip the boxes to the image"),
     (top_inclusive_ends, "box ends are exclusive"),
     (top_inclusive_ends_clipped_to_size, "box ends are exclusive"),

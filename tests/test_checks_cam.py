@@ -300,6 +300,16 @@ def grad_cam_one_position(model, x, target, layer):
     return _combine(grad[:, :, 0, 0], activations)
 
 
+def grad_cam_positive_gradient(model, x, target, layer):
+    activations, grad = _grad_cam_parts(model, x, target, layer)
+    return _combine(grad.clamp(min=0).mean(dim=(2, 3)), activations)
+
+
+def grad_cam_relu_per_channel(model, x, target, layer):
+    activations, grad = _grad_cam_parts(model, x, target, layer)
+    return (grad.mean(dim=(2, 3))[:, :, None, None] * activations).clamp(min=0).sum(dim=1)
+
+
 def grad_cam_hook_returns_handle(model, x, target, layer):
     """The lambda returns register_hook's handle, which replaces the layer's output."""
     saved = {}
@@ -346,6 +356,8 @@ def test_grad_cam_accepts_correct_implementations(fn, capsys):
     (grad_cam_leaves_hook, r"hooks are registered.*handle\.remove\(\)"),
     (grad_cam_calls_vislib, "calls vislib's own implementation"),
     (grad_cam_position_by_position, "is HiResCAM, not Grad-CAM"),
+    (grad_cam_positive_gradient, "Grad-CAM has one ReLU, after the weighted sum"),
+    (grad_cam_relu_per_channel, "Grad-CAM has one ReLU, after the weighted sum"),
     (grad_cam_max_pooled, "MEAN of the gradient over all positions.*not its maximum"),
     (grad_cam_one_position, "MEAN of the gradient over all positions.*not its value at one position"),
     (grad_cam_hook_returns_handle, r"AttributeError on line \d+ .*returns a hook's handle.*let it return None"),

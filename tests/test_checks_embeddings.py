@@ -289,6 +289,12 @@ def precision_euclidean(features, labels, k):
     return (labels[knn_euclidean(features, k)] == labels[:, None]).float().mean().item()
 
 
+def precision_topk_plus_one(features, labels, k):
+    unit = F.normalize(features, dim=1)
+    neighbours = (unit @ unit.T).topk(k + 1, dim=1).indices[:, 1:]
+    return (labels[neighbours] == labels[:, None]).float().mean().item()
+
+
 def precision_per_item(features, labels, k):
     return (labels[knn_vectorised(features, k)] == labels[:, None]).float().mean(1)
 
@@ -305,6 +311,7 @@ def test_precision_at_k_accepts_correct_implementations(fn, capsys):
     (precision_per_class, "not first within each class"),
     (precision_any, "not whether any of them does"),
     (precision_euclidean, "not the euclidean distance"),
+    (precision_topk_plus_one, r"dropping the first of topk\(k \+ 1\) fails for items that point the same way"),
     (precision_per_item, "one value per item"),
 ])
 def test_precision_at_k_names_the_mistake(fn, hint):

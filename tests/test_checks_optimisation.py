@@ -62,6 +62,12 @@ def ascent_mean_penalty(model, image, target, lr, l2):
     return (x + lr * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).detach()
 
 
+def ascent_norm_penalty(model, image, target, lr, l2):
+    x = image.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum() - l2 * x.norm(), x)
+    return (x + lr * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).detach()
+
+
 def ascent_descends(model, image, target, lr, l2):
     return 2 * image - ascent_autograd(model, image, target, lr, l2)
 
@@ -170,6 +176,7 @@ def test_ascent_step_accepts_correct_implementations(fn, capsys):
     (ascent_eval_mode_kept, r"train/eval mode of a module changed.*Leave the model's train/eval mode"),
     (ascent_max_abs, "not by the largest absolute value"),
     (ascent_mean_penalty, "the SUM of the squared pixels: yours takes their mean"),
+    (ascent_norm_penalty, r"square the norm: the penalty is l2 \* \|\|I\|\|\^2"),
 ])
 def test_ascent_step_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):

@@ -102,6 +102,25 @@ def saliency_predicted_class(model, x, target):
     return grad.abs().amax(dim=1)
 
 
+def saliency_all_logits(model, x, target):
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).sum(), x)
+    return grad.abs().amax(dim=1)
+
+
+def saliency_target_columns(model, x, target):
+    """model(x)[:, target] is [B, B]: every image's score for every image's target."""
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x)[:, target].sum(), x)
+    return grad.abs().amax(dim=1)
+
+
+def saliency_times_input(model, x, target):
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
+    return (grad * x).abs().amax(dim=1)
+
+
 def saliency_stub(model, x, target):
     raise NotImplementedError()
 
@@ -123,6 +142,9 @@ def test_saliency_map_accepts_correct_implementations(fn, capsys):
     (saliency_caller_requires_grad, r"set requires_grad on its argument number 2.*x\.detach\(\)\.clone\(\)"),
     (saliency_cross_entropy, "gradient of the cross-entropy loss averaged over the batch"),
     (saliency_predicted_class, r"not the class the model predicts \(argmax\)"),
+    (saliency_all_logits, "not the sum of all its class scores"),
+    (saliency_target_columns, r"logits\[:, target\] is a B x B matrix"),
+    (saliency_times_input, r"the saliency map is the gradient alone.*\(gradient x input\)"),
 ])
 def test_saliency_map_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):
@@ -221,6 +243,10 @@ def relu_backward_abs(h_in, grad_out, rule):
     return {"backprop": grad_out * mask, "deconvnet": grad_out.abs(), "guided": grad_out.abs() * mask}[rule]
 
 
+def relu_backward_ignores_rule(h_in, grad_out, rule):
+    return grad_out * (h_in > 0)
+
+
 def relu_backward_in_place(h_in, grad_out, rule):
     grad_out[h_in <= 0] = 0
     if rule != "backprop":
@@ -240,6 +266,7 @@ def test_relu_backward_accepts_correct_implementations(fn, capsys):
     (relu_backward_guided_unmasked, "guided backpropagation keeps both conditions"),
     (relu_backward_abs, "not its absolute value"),
     (relu_backward_in_place, "changed its argument number 2 in place"),
+    (relu_backward_ignores_rule, r"for rule='deconvnet' yours gives the backprop rule's gradient"),
 ])
 def test_relu_backward_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):
@@ -325,6 +352,15 @@ def occlusion_misses_the_last_window(model, x, target, window, stride):
     return maps / counts
 
 
+def occlusion_mean_baseline(model, x, target, window, stride):
+    """Hides each window with the batch's mean value instead of 0."""
+    class Hidden(torch.nn.Module):
+        def forward(self, inputs):
+            return model(torch.where(inputs == 0, x.mean(), inputs))
+
+    return occlusion_loops(Hidden(), x, target, window, stride)
+
+
 def occlusion_calls_vislib(model, x, target, window, stride):
     return saliency.occlusion(model, x, target, window=window, stride=stride, progress=False)
 
@@ -341,6 +377,7 @@ def test_occlusion_map_accepts_correct_implementations(fn, capsys):
     (occlusion_of_probability, "not the probability"),
     (occlusion_first_target, "its own target class"),
     (occlusion_calls_vislib, "calls vislib's own implementation"),
+    (occlusion_mean_baseline, "not with the image's mean"),
     (occlusion_misses_the_last_window, r"NaN in the last rows or columns.*range\(0, height - window \+ 1, stride\)"),
 ])
 def test_occlusion_map_names_the_mistake(fn, hint):

@@ -92,6 +92,14 @@ def gram_centred(features, normalize=True):
     return gram / (c * h * w) if normalize else gram
 
 
+def gram_by_channels_squared(features, normalize=True):
+    return gram_bmm(features, normalize=False) / features.shape[1] ** 2 if normalize else gram_bmm(features, False)
+
+
+def gram_by_batch_too(features, normalize=True):
+    return gram_bmm(features, normalize) / (len(features) if normalize else 1)
+
+
 def gram_stub(features, normalize=True):
     raise NotImplementedError()
 
@@ -111,6 +119,8 @@ def test_gram_matrix_accepts_correct_implementations(fn, capsys):
     (gram_always_divided, "with normalize=False return the plain sums"),
     (gram_calls_vislib, "calls vislib's own implementation"),
     (gram_centred, "don't subtract the mean.*gives the covariance"),
+    (gram_by_channels_squared, r"not by C\*C"),
+    (gram_by_batch_too, r"not by B\*C\*H\*W"),
 ])
 def test_gram_matrix_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):

@@ -79,6 +79,7 @@ def filter_tiles(fn) -> None:
         low = weight.flatten(1).amin(1)[:, None, None, None]
         span = (weight.flatten(1).amax(1)[:, None, None, None] - low).clamp_min(1e-12)
         per_channel = weight.abs().amax((2, 3), keepdim=True).clamp_min(1e-12)
+        signed = weight.flatten(1).amax(1)[:, None, None, None]
         last = (0, 2, 3, 1)
         mistakes = {
             "scale each filter on its own, by its own largest |weight|, not all filters by one global maximum "
@@ -89,6 +90,8 @@ def filter_tiles(fn) -> None:
             "scale the whole filter (all its colour channels together) by one number; scaling each colour "
             "channel on its own changes the filter's colour": (0.5 + 0.5 * weight / per_channel).permute(last),
             "map the weights to [0, 1] with 0.5 + 0.5 * w / max|w|; yours lie in [-1, 1]": (weight / own).permute(last),
+            "divide by the largest ABSOLUTE weight, max|w|, not the largest weight: a filter's strongest weight may "
+            "be negative": (0.5 + 0.5 * weight / torch.where(signed == 0, 1.0, signed)).permute(last),
             "put the colour channels last, [N, kh, kw, C] (weight.permute(0, 2, 3, 1)), the layout plt.imshow "
             "expects": expected.permute(0, 3, 1, 2),
             "keep rows as rows: [N, kh, kw, C] is weight.permute(0, 2, 3, 1); yours swaps height and width":
@@ -162,10 +165,12 @@ def _compare_patches(got, expected, maps: torch.Tensor, k: int, rf, what: str) -
     repeated = ("each patch must come from a different image: take each image's best position (max over positions) "
                 "first, then the k best images")
     by_mean = "rank the images by their strongest unit (the maximum over positions), not by the mean activation"
-    expect("top_patches_of_channel", got[0], expected[0], {repeated: units_values, by_mean: mean_values},
-           what=f"list of values ({what})")
+    first = "give the patches strongest first (topk's order), not weakest first"
+    expect("top_patches_of_channel", got[0], expected[0],
+           {repeated: units_values, by_mean: mean_values, first: expected[0].flip(0)}, what=f"list of values ({what})")
     expect("top_patches_of_channel", got[1], expected[1],
-           {repeated: units // (height * width), by_mean: mean_images}, what=f"list of images ({what})")
+           {repeated: units // (height * width), by_mean: mean_images, first: expected[1].flip(0)},
+           what=f"list of images ({what})")
     mistakes = {
         "clip the boxes to the image: top and left at least 0, bottom and right at most its height and width":
             _boxes(start, rf.size, rf.input_size, clip=False),

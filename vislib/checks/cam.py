@@ -18,6 +18,8 @@ LAYER_OUTPUT = ("use the layer's output A^k and the gradient with respect to tha
                 "`output`), not the layer's input")
 OUTPUT_GRADIENT = ("take alpha from the gradient with respect to the layer's output (a full backward hook's "
                    "grad_output), not its input (grad_input)")
+ONE_RELU = ("Grad-CAM has one ReLU, after the weighted sum over the channels: a ReLU on the gradient, on alpha or "
+            "on each channel's term drops the channels with negative weights, which the sum needs")
 # vislib's CAM family and its hook recorder: the exercises are to write these with torch's own hooks.
 _FORBIDDEN_CAM = (cam.cam, cam.grad_cam, cam.guided_grad_cam, hooks.capture)
 
@@ -165,6 +167,8 @@ def grad_cam(fn) -> None:
             f"{pool}, not its maximum": _weighted(gradient.amax(dim=(2, 3)), activations),
             f"{pool}, not its value at one position": _weighted(gradient[:, :, 0, 0], activations),
             f"{pool}, not the mean of its absolute value": _weighted(gradient.abs().mean(dim=(2, 3)), activations),
+            ONE_RELU: _weighted(gradient.clamp(min=0).mean(dim=(2, 3)), activations),
+            ONE_RELU + " ": (gradient.mean(dim=(2, 3))[:, :, None, None] * activations).clamp(min=0).sum(1),
             f"your map is {h * w}x larger than expected ({h}x{w} positions): did you sum the gradient over "
             "positions instead of averaging it?": expected * (h * w),
             "apply a ReLU to the weighted sum: Grad-CAM keeps only the evidence for the class":

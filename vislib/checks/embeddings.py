@@ -93,11 +93,20 @@ def _feature_sets() -> list[tuple[str, torch.Tensor, int]]:
     norms = torch.logspace(-1, 1, 12)[torch.randperm(12, generator=generator)]
     first = torch.randn(12, 5, generator=generator) * norms[:, None]
     second = torch.randn(9, 16, generator=generator) * (0.2 + 5 * torch.rand(9, 1, generator=generator))
-    twins = torch.randn(10, 5, generator=generator)
-    twins[:, 4] = -3 - twins[:, 4].abs()
-    twins[2], twins[6] = torch.tensor([0.0, 0, 0, 0, 1]), torch.tensor([0.0, 0, 0, 0, 0.25])  # unit rows exact
+    twins, _ = _twins(torch.randn(10, 5, generator=generator))
     return [("12 rows of 5 features, norms 0.1 to 10, k=3", first, 3), ("9 rows of 16 features, k=4", second, 4),
             ("10 rows of 5 features, rows 2 and 6 pointing the same way, k=3", twins, 3)]
+
+
+def _twins(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` with rows 2 and 6 made to point the same way (along the last axis, with lengths 1 and
+    0.25, so that their unit vectors and cosine 1 are exact) and every other row pointing away from
+    them; and labels that put rows 2 and 6 in different classes (the first and second half)."""
+    rows = rows.clone()
+    rows[:, -1] = -3 - rows[:, -1].abs()
+    rows[2], rows[6] = 0.0, 0.0
+    rows[2, -1], rows[6, -1] = 1.0, 0.25
+    return rows, (torch.arange(len(rows)) >= len(rows) // 2).long()
 
 
 def _similarities(features: torch.Tensor, normalise: bool, diagonal: float) -> torch.Tensor:
@@ -145,7 +154,9 @@ def _labelled_sets() -> list[tuple[str, torch.Tensor, torch.Tensor, int]]:
         features = (centres[labels] + 0.8 * torch.randn(len(labels), dim, generator=generator)) \
             * (0.2 + 5 * torch.rand(len(labels), 1, generator=generator))
         sets.append((f"{len(labels)} items in classes of {', '.join(map(str, sizes))}, k={k}", features, labels, k))
-    return sets
+    features, labels = _twins(torch.randn(8, 4, generator=generator))
+    return [*sets, ("8 items in classes of 4 and 4, items 2 and 6 (of different classes) pointing the same way, k=2",
+                    features, labels, 2)]
 
 
 def _one_number(value, items: int) -> torch.Tensor:
@@ -182,6 +193,10 @@ def precision_at_k(fn) -> None:
                 hits.amax(1).mean(),
             "use the cosine similarity, not the euclidean distance":
                 torch.tensor(embedding.precision_at_k(features, labels, k=k, metric="euclidean"), dtype=torch.float64),
+            "leave each item itself out by setting the diagonal of the similarity matrix to -inf: dropping the first "
+            "of topk(k + 1) fails for items that point the same way (items 2 and 6 here), as the item itself may "
+            "not come first": (labels[_similarities(features, True, 1.0).topk(k + 1).indices[:, 1:]]
+                               == labels[:, None]).double().mean(),
         }
         expected = torch.tensor(embedding.precision_at_k(features, labels, k=k), dtype=torch.float64)
         expect("precision_at_k", got, expected, mistakes, what=f"precision ({label})")

@@ -85,6 +85,8 @@ def _check_step(fn, case, lr: float, l2: float) -> None:
             normalised(score_grad - 2 * l2 * image / image.numel()),
         "the penalty is l2 * ||I||^2, the SUM of the squared pixels: yours takes their mean ":
             normalised(score_grad - 2 * l2 * image / image[0].numel()),
+        "square the norm: the penalty is l2 * ||I||^2 (image.square().sum()), not l2 * ||I||":
+            normalised(score_grad - l2 * image / image.norm()),
         "divide each image's gradient by its own L2 norm, not by the norm of the whole batch's gradient":
             lr * grad / grad.norm(),
         "normalise the gradient of the whole objective (logit and penalty together), not the logit's alone":

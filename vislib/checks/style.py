@@ -77,6 +77,8 @@ def gram_matrix(fn) -> None:
             "divide by C*H*W when normalize=True": plain,
             f"divide by C*H*W, not by H*W only (yours is C = {c} times too large)": plain / (h * w),
             "divide by C*H*W, not by C only": plain / c,
+            "divide by C*H*W, not by C*C": plain / (c * c),
+            "divide each image's Gram by C*H*W, not by B*C*H*W: the batch size plays no part": plain / (b * scale),
             "reshape to [B, C, H*W] (features.reshape(B, C, -1)); a reshape to [B, H*W, C] does not move the "
             "channels last, it mixes channels and positions": mixed.transpose(1, 2) @ mixed / scale,
             batch + "one Gram for the whole batch mixes the images": one_for_all / scale,
