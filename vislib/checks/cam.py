@@ -144,7 +144,8 @@ def _call_with_layer(name: str, fn, case: Case, forbidden: Forbidden):
 
 
 @exercise("grad_cam", "ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of d logit / d A_k, at the layer's "
-                      "resolution, per image and target, on 4 models (inplace ReLUs, BatchNorm, non-square).")
+                      "resolution, per image and target, on 5 models (inplace ReLUs, train mode, BatchNorm, "
+                      "non-square, a layer before the max pool).")
 def grad_cam(fn) -> None:
     forbidden = Forbidden(_FORBIDDEN_CAM)
     for case in _layer_cases():
@@ -187,7 +188,8 @@ def grad_cam(fn) -> None:
 
 
 @exercise("guided_grad_cam", "Guided backprop times the bilinearly upsampled Grad-CAM map, [B,3,H,W], per image "
-                             "and target, on 4 models (inplace ReLUs, BatchNorm, non-square).")
+                             "and target, on 5 models (inplace ReLUs, train mode, BatchNorm, non-square, a layer "
+                             "before the max pool).")
 def guided_grad_cam(fn) -> None:
     forbidden = Forbidden(_FORBIDDEN_CAM + (saliency.guided_backprop, saliency._input_gradient, saliency.relu_rule))
     for case in _layer_cases():

@@ -116,7 +116,7 @@ def _similarities(features: torch.Tensor, normalise: bool, diagonal: float) -> t
 
 
 @exercise("cosine_knn", "The k nearest other rows by cosine similarity, closest first, on rows of very different "
-                        "norms.")
+                        "norms and rows that point the same way.")
 def cosine_knn(fn) -> None:
     forbidden = Forbidden((embedding.nearest, embedding.pairwise_distances, embedding.precision_at_k))
     for label, features, k in _feature_sets():

@@ -250,7 +250,8 @@ def _stripes(size: int = 32) -> torch.Tensor:
 
 
 @exercise("texture_synthesis", f"from noise, {TEXTURE_STEPS} steps lower the style loss of a 32x32 texture "
-                               f"below {ENOUGH:.0%} of random noise's, without copying it or changing the network.")
+                               f"below {ENOUGH:.0%} of random noise's, without copying it or changing the network, "
+                               "and give the same texture again.")
 def texture_synthesis(fn) -> None:
     forbidden = Forbidden((style.texture_synthesis, style.style_transfer, style._synthesise))
     net = style.vgg19_features.__wrapped__(False, seed=0, last=TEXTURE_LAYERS[-1])  # a fresh copy, not the cached one
