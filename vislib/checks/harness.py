@@ -186,7 +186,8 @@ def _library_folders() -> tuple[str, ...]:
 
 def learner_frame(tb) -> traceback.FrameSummary | None:
     """The innermost frame of traceback ``tb`` that is the learner's code (a notebook cell or their
-    own file), not vislib, torch or the standard library; None when the learner's code is not in it."""
+    own file), not vislib, the standard library or an installed package such as torch; None when the
+    learner's code is not in it (the check's own error)."""
     libraries = _library_folders()
     for frame in reversed(traceback.extract_tb(tb)):
         if not os.path.realpath(frame.filename).startswith(libraries):
@@ -261,7 +262,7 @@ def _advice(changes: list[str]) -> str:
     if any(".grad" in c for c in changes):
         return ("Calling .backward() adds into the parameters' .grad: use torch.autograd.grad(score, x), "
                 "or freeze the parameters while you work and restore them after.")
-    if any("mode" in c for c in changes):
+    if any("train/eval mode" in c for c in changes):
         return "Leave the model's train/eval mode as it was."
     if any("setting" in c for c in changes):
         return ("Put back every module setting you change (e.g. module.inplace), best in a `finally:` block, or "
