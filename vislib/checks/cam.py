@@ -55,9 +55,14 @@ def _tolerance(expected: torch.Tensor) -> float:
     return 1e-4 * max(expected.abs().max().item(), 1e-12)
 
 
+def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One value per image, shaped to broadcast over ``like``'s images ([B,H,W] maps or [B,3,H,W])."""
+    return values.view(-1, *[1] * (like.ndim - 1))
+
+
 def _divided(maps: torch.Tensor, by: torch.Tensor) -> torch.Tensor:
-    """Each map divided by its own ``by`` value (a flat map stays as it is)."""
-    return maps / torch.where(by == 0, torch.ones_like(by), by)[:, None, None]
+    """Each image's map divided by its own ``by`` value (a flat map stays as it is)."""
+    return maps / _per_image(torch.where(by == 0, torch.ones_like(by), by), maps)
 
 
 def _per_image_max(maps: torch.Tensor) -> torch.Tensor:
@@ -66,7 +71,7 @@ def _per_image_max(maps: torch.Tensor) -> torch.Tensor:
 
 def _min_max(maps: torch.Tensor) -> torch.Tensor:
     low = maps.flatten(1).amin(1)
-    return _divided(maps - low[:, None, None], maps.flatten(1).amax(1) - low)
+    return _divided(maps - _per_image(low, maps), maps.flatten(1).amax(1) - low)
 
 
 def _map_shape(name: str, got, expected: torch.Tensor, channels: int) -> None:
@@ -210,8 +215,6 @@ def guided_grad_cam(fn) -> None:
 
         bilinear = upsampled(coarse, align_corners=False)
         plain = saliency.gradient(case.model, case.x, case.target)
-        per_image = expected.flatten(1)
-        low = per_image.amin(1).view(-1, 1, 1, 1)
         mistakes = {
             "multiply by guided backpropagation (positive gradients only, and only where the ReLU's input was "
             "positive), not the plain gradient": plain * bilinear,
@@ -221,9 +224,9 @@ def guided_grad_cam(fn) -> None:
                 saliency.guided_backprop(_probability(case.model), case.x, case.target) * bilinear,
             LOGIT_NOT_PROBABILITY + " (in your guided backpropagation) ":
                 saliency.guided_backprop(_log_probability(case.model), case.x, case.target) * bilinear,
-            NOT_NORMALISED: expected / per_image.amax(1).clamp_min(1e-30).view(-1, 1, 1, 1),
-            NOT_NORMALISED + " ": expected / per_image.abs().amax(1).clamp_min(1e-30).view(-1, 1, 1, 1),
-            NOT_NORMALISED + "  ": (expected - low) / (per_image.amax(1).view(-1, 1, 1, 1) - low).clamp_min(1e-30),
+            NOT_NORMALISED: _per_image_max(expected),
+            NOT_NORMALISED + " ": _min_max(expected),
+            NOT_NORMALISED + "  ": _divided(expected, expected.abs().flatten(1).amax(1)),
             "guided backpropagation also keeps the forward mask [h > 0] at every ReLU: yours looks like deconvnet":
                 saliency.deconvnet(case.model, case.x, case.target) * bilinear,
             "upsample the Grad-CAM map bilinearly (mode='bilinear', align_corners=False), not to nearest-neighbour "
