@@ -377,7 +377,7 @@ def test_occlusion_map_accepts_correct_implementations(fn, capsys):
     (occlusion_of_probability, "not the probability"),
     (occlusion_first_target, "its own target class"),
     (occlusion_calls_vislib, "calls vislib's own implementation"),
-    (occlusion_mean_baseline, "not with the image's mean"),
+    (occlusion_mean_baseline, "not with the images. mean value"),
     (occlusion_misses_the_last_window, r"NaN in the last rows or columns.*range\(0, height - window \+ 1, stride\)"),
 ])
 def test_occlusion_map_names_the_mistake(fn, hint):

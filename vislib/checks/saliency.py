@@ -130,7 +130,7 @@ def occlusion_map(fn) -> None:
                 expected * rows[:, None] * cols[None, :],
             LOGIT_NOT_PROBABILITY: occlusion(_probability(case.model), case.target),
             EACH_OWN_TARGET: occlusion(case.model, case.target[0].item()),
-            "hide the window with 0 (the baseline), not with the image's mean":
+            "hide the window with 0 (the baseline), not with the images' mean value":
                 saliency.occlusion(case.model, case.x, case.target, window=WINDOW, stride=STRIDE,
                                    baseline=case.x.mean().item(), progress=False),
             "hide the window with 0 (the baseline) in all colour channels, not only the first one":
