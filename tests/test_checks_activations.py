@@ -84,6 +84,12 @@ def activation_logits(model, x, layer):
         return model(x)
 
 
+def activation_eval_mode_kept(model, x, layer):
+    """Switches the model to eval mode and leaves it there."""
+    model.eval()
+    return activation_forward_hook(model, x, layer)
+
+
 def activation_calls_vislib(model, x, layer):
     with torch.no_grad(), capture(model, layer) as rec:
         model(x)
@@ -102,6 +108,7 @@ def test_layer_activation_accepts_correct_implementations(fn, capsys):
     (activation_hook_left, r"hooks are registered.*handle\.remove\(\)"),
     (activation_logits, r"not the model's output \(the logits\)"),
     (activation_calls_vislib, "calls vislib's own implementation"),
+    (activation_eval_mode_kept, r"train/eval mode of a module changed.*Leave the model's train/eval mode"),
 ])
 def test_layer_activation_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):
@@ -138,6 +145,20 @@ def tiles_min_max(weight):
     low = w.amin(dim=(1, 2, 3), keepdim=True)
     high = w.amax(dim=(1, 2, 3), keepdim=True)
     return ((w - low) / (high - low).clamp_min(1e-12)).permute(0, 2, 3, 1)
+
+
+def tiles_min_max_unguarded(weight):
+    """Min-max scaling without a guard: 0 / 0 for the filter of zeros."""
+    w = weight.detach()
+    low, high = w.amin(dim=(1, 2, 3), keepdim=True), w.amax(dim=(1, 2, 3), keepdim=True)
+    return ((w - low) / (high - low)).permute(0, 2, 3, 1)
+
+
+def tiles_signed_max(weight):
+    """Divides by the largest weight, not the largest |weight| (a zero filter stays grey)."""
+    w = weight.detach()
+    largest = w.amax(dim=(1, 2, 3), keepdim=True)
+    return (0.5 + 0.5 * w / torch.where(largest == 0, 1.0, largest)).permute(0, 2, 3, 1)
 
 
 def tiles_channels_first(weight):
@@ -178,6 +199,8 @@ def test_filter_tiles_accepts_correct_implementations(fn, capsys):
 @pytest.mark.parametrize("fn,hint", [
     (tiles_global_scale, "not all filters by one global maximum"),
     (tiles_min_max, "min-max scaling moves zero"),
+    (tiles_min_max_unguarded, "min-max scaling moves zero"),
+    (tiles_signed_max, "not the largest weight"),
     (tiles_channels_first, r"colour channels last, \[N, kh, kw, C\]"),
     (tiles_height_width_swapped, "swaps height and width"),
     (tiles_per_channel, "scaling each colour channel on its own"),
@@ -232,6 +255,11 @@ def top_units_may_repeat(acts, channel, k, rf):
     return values, images, torch.stack([start[:, 0], start[:, 1], end[:, 0], end[:, 1]], dim=1)
 
 
+def top_weakest_first(acts, channel, k, rf):
+    values, images, boxes = top_vectorised(acts, channel, k, rf)
+    return values.flip(0), images.flip(0), boxes.flip(0)
+
+
 def top_by_mean(acts, channel, k, rf):
     maps = acts[:, channel].flatten(1)
     values, images = maps.mean(1).topk(k)
@@ -260,6 +288,14 @@ top_inclusive_ends = _with_boxes(lambda y, x, rf: _stack(
     (rf.offset[0] + y * rf.stride[0]).clamp(min=0), (rf.offset[1] + x * rf.stride[1]).clamp(min=0),
     (rf.offset[0] + y * rf.stride[0] + rf.size[0] - 1).clamp(max=rf.input_size[0] - 1),
     (rf.offset[1] + x * rf.stride[1] + rf.size[1] - 1).clamp(max=rf.input_size[1] - 1)))
+top_inclusive_ends_clipped_to_size = _with_boxes(lambda y, x, rf: _stack(
+    (rf.offset[0] + y * rf.stride[0]).clamp(min=0), (rf.offset[1] + x * rf.stride[1]).clamp(min=0),
+    (rf.offset[0] + y * rf.stride[0] + rf.size[0] - 1).clamp(max=rf.input_size[0]),
+    (rf.offset[1] + x * rf.stride[1] + rf.size[1] - 1).clamp(max=rf.input_size[1])))
+top_without_stride = _with_boxes(lambda y, x, rf: _stack(
+    (rf.offset[0] + y).clamp(min=0), (rf.offset[1] + x).clamp(min=0),
+    (rf.offset[0] + y + rf.size[0]).clamp(max=rf.input_size[0]),
+    (rf.offset[1] + x + rf.size[1]).clamp(max=rf.input_size[1])))
 top_without_offset = _with_boxes(lambda y, x, rf: _stack(
     y * rf.stride[0], x * rf.stride[1], (y * rf.stride[0] + rf.size[0]).clamp(max=rf.input_size[0]),
     (x * rf.stride[1] + rf.size[1]).clamp(max=rf.input_size[1])))
@@ -289,8 +325,11 @@ def test_top_patches_accepts_correct_implementations(fn, capsys):
 @pytest.mark.parametrize("fn,hint", [
     (top_units_may_repeat, "each patch must come from a different image"),
     (top_by_mean, "not by the mean activation"),
+    (top_weakest_first, "strongest first"),
     (top_unclipped, "clip the boxes to the image"),
     (top_inclusive_ends, "box ends are exclusive"),
+    (top_inclusive_ends_clipped_to_size, "box ends are exclusive"),
+    (top_without_stride, "multiply the position by the receptive field's stride"),
     (top_without_offset, "add the receptive field's offset"),
     (top_swapped_unravel, "unravel the flat position"),
     (top_with_rf_boxes, "calls vislib's own implementation"),

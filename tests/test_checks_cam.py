@@ -61,6 +61,11 @@ def cam_channels_not_summed(features, fc_weight, target):
     return fc_weight[target][:, :, None, None] * features
 
 
+def cam_weight_columns(features, fc_weight, target):
+    """fc_weight[:, target] takes columns (features) instead of rows (classes): PyTorch's shape error."""
+    return torch.einsum("bk,bkhw->bhw", fc_weight[:, target], features)
+
+
 def cam_stub(features, fc_weight, target):
     raise NotImplementedError()
 
@@ -79,6 +84,8 @@ def test_class_activation_map_accepts_correct_implementations(fn, capsys):
     (cam_divided_by_positions, "Grad-CAM's weights, not CAM's"),
     (cam_upsampled, "without upsampling"),
     (cam_channels_not_summed, "sum the weighted channels"),
+    (cam_weight_columns, r"raised RuntimeError on line \d+ \(`return torch.einsum.*shapes do not fit.*"
+                         r"weight\[target\] is one row per image"),
 ])
 def test_class_activation_map_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):
@@ -277,6 +284,56 @@ def grad_cam_calls_vislib(model, x, target, layer):
     return cam.grad_cam(model, x, target, layer=layer, upsample=False)
 
 
+def grad_cam_position_by_position(model, x, target, layer):
+    """Gradient times activation at each position (HiResCAM): Grad-CAM only where the gradient is constant."""
+    activations, grad = _grad_cam_parts(model, x, target, layer)
+    return (grad * activations).sum(dim=1).clamp(min=0)
+
+
+def grad_cam_max_pooled(model, x, target, layer):
+    activations, grad = _grad_cam_parts(model, x, target, layer)
+    return _combine(grad.amax(dim=(2, 3)), activations)
+
+
+def grad_cam_one_position(model, x, target, layer):
+    activations, grad = _grad_cam_parts(model, x, target, layer)
+    return _combine(grad[:, :, 0, 0], activations)
+
+
+def grad_cam_positive_gradient(model, x, target, layer):
+    activations, grad = _grad_cam_parts(model, x, target, layer)
+    return _combine(grad.clamp(min=0).mean(dim=(2, 3)), activations)
+
+
+def grad_cam_relu_per_channel(model, x, target, layer):
+    activations, grad = _grad_cam_parts(model, x, target, layer)
+    return (grad.mean(dim=(2, 3))[:, :, None, None] * activations).clamp(min=0).sum(dim=1)
+
+
+def grad_cam_hook_returns_handle(model, x, target, layer):
+    """The lambda returns register_hook's handle, which replaces the layer's output."""
+    saved = {}
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda m, i, o: o.register_hook(lambda grad: saved.__setitem__("gradients", grad)))
+    try:
+        model(x.clone().requires_grad_(True)).gather(1, target[:, None]).sum()
+    finally:
+        handle.remove()
+    return saved["gradients"]
+
+
+def grad_cam_detached_in_hook(model, x, target, layer):
+    """The hook keeps o.detach(), which is not part of the graph: autograd.grad cannot reach it."""
+    saved = {}
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: saved.__setitem__("A", o.detach()))
+    try:
+        score = model(x.clone().requires_grad_(True)).gather(1, target[:, None]).sum()
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(score, saved["A"])
+    return _combine(grad.mean(dim=(2, 3)), saved["A"])
+
+
 @pytest.mark.parametrize("fn", [grad_cam_tensor_hook, grad_cam_full_backward_hook, grad_cam_autograd_per_image])
 def test_grad_cam_accepts_correct_implementations(fn, capsys):
     checks.grad_cam(fn)
@@ -298,6 +355,14 @@ def test_grad_cam_accepts_correct_implementations(fn, capsys):
     (grad_cam_with_backward, r"\.grad of a parameter changed"),
     (grad_cam_leaves_hook, r"hooks are registered.*handle\.remove\(\)"),
     (grad_cam_calls_vislib, "calls vislib's own implementation"),
+    (grad_cam_position_by_position, "is HiResCAM, not Grad-CAM"),
+    (grad_cam_positive_gradient, "Grad-CAM has one ReLU, after the weighted sum"),
+    (grad_cam_relu_per_channel, "Grad-CAM has one ReLU, after the weighted sum"),
+    (grad_cam_max_pooled, "MEAN of the gradient over all positions.*not its maximum"),
+    (grad_cam_one_position, "MEAN of the gradient over all positions.*not its value at one position"),
+    (grad_cam_hook_returns_handle, r"AttributeError on line \d+ .*returns a hook's handle.*let it return None"),
+    (grad_cam_detached_in_hook, r"raised RuntimeError on line \d+ \(`\(grad,\) = torch.autograd.grad\(score, "
+                                r"saved\[.A.\]\)`\): One of the differentiated Tensors.*detach\(\).*cut it off"),
 ])
 def test_grad_cam_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):
@@ -442,6 +507,31 @@ def guided_grad_cam_first_target(model, x, target, layer):
     return guided_grad_cam_hooks(model, x, target[:1].expand(len(target)), layer)
 
 
+def guided_grad_cam_inplace_off(model, x, target, layer):
+    """Switches every ReLU's inplace off (so that hooks on outputs work) and never switches it back."""
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    return guided_grad_cam_hooks(model, x, target, layer)
+
+
+def guided_grad_cam_softmax(model, x, target, layer):
+    """Guided backprop of the probability, times a right Grad-CAM."""
+    guided = _guided_backprop_hooks(nn.Sequential(model, nn.Softmax(dim=1)), x, target)
+    return guided * _upsampled(grad_cam_tensor_hook(model, x, target, layer), x.shape[-2:], mode="bilinear")
+
+
+def guided_grad_cam_normalised(model, x, target, layer):
+    result = guided_grad_cam_hooks(model, x, target, layer)
+    return result / result.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+
+def guided_grad_cam_clamped_at_input(model, x, target, layer):
+    """The positive part of the plain gradient at the input, instead of at every ReLU."""
+    guided = _plain_gradient(model, x, target).clamp(min=0)
+    return guided * _upsampled(grad_cam_tensor_hook(model, x, target, layer), x.shape[-2:], mode="bilinear")
+
+
 @pytest.mark.parametrize("fn", [guided_grad_cam_hooks, guided_grad_cam_copied_model])
 def test_guided_grad_cam_accepts_correct_implementations(fn, capsys):
     checks.guided_grad_cam(fn)
@@ -457,6 +547,11 @@ def test_guided_grad_cam_accepts_correct_implementations(fn, capsys):
     (guided_grad_cam_signed, "after its ReLU"),
     (guided_grad_cam_heatmap, "keep the colour channels"),
     (guided_grad_cam_first_target, "its own target class"),
+    (guided_grad_cam_inplace_off, r"the setting features\.relu1\.inplace changed from True to False.*Put back every "
+                                  "module setting"),
+    (guided_grad_cam_softmax, r"not the probability or the loss \(in your guided backpropagation\)"),
+    (guided_grad_cam_normalised, "return the raw map: no normalisation"),
+    (guided_grad_cam_clamped_at_input, "at every ReLU on the way back.*not once at the input"),
 ])
 def test_guided_grad_cam_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):

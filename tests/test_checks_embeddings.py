@@ -191,6 +191,12 @@ def knn_with_itself(features, k):
     return (unit @ unit.T).topk(k, dim=1).indices
 
 
+def knn_topk_plus_one(features, k):
+    """Drops the first of k + 1 neighbours, assuming it is the row itself: wrong for rows that point the same way."""
+    unit = F.normalize(features, dim=1)
+    return (unit @ unit.T).topk(k + 1, dim=1).indices[:, 1:]
+
+
 def knn_euclidean(features, k):
     distance = torch.cdist(features, features)
     distance.fill_diagonal_(float("inf"))
@@ -226,6 +232,7 @@ def test_cosine_knn_accepts_correct_implementations(fn, capsys):
 
 @pytest.mark.parametrize("fn,hint", [
     (knn_with_itself, "leave each row itself out"),
+    (knn_topk_plus_one, r"rows 2 and 6 pointing the same way.*Dropping the first column of\s+topk\(k \+ 1\)"),
     (knn_euclidean, "not the euclidean distance"),
     (knn_dot_product, "divide by the norms"),
     (knn_farthest, "the nearest rows have the LARGEST cosine similarity"),
@@ -282,6 +289,12 @@ def precision_euclidean(features, labels, k):
     return (labels[knn_euclidean(features, k)] == labels[:, None]).float().mean().item()
 
 
+def precision_topk_plus_one(features, labels, k):
+    unit = F.normalize(features, dim=1)
+    neighbours = (unit @ unit.T).topk(k + 1, dim=1).indices[:, 1:]
+    return (labels[neighbours] == labels[:, None]).float().mean().item()
+
+
 def precision_per_item(features, labels, k):
     return (labels[knn_vectorised(features, k)] == labels[:, None]).float().mean(1)
 
@@ -298,6 +311,7 @@ def test_precision_at_k_accepts_correct_implementations(fn, capsys):
     (precision_per_class, "not first within each class"),
     (precision_any, "not whether any of them does"),
     (precision_euclidean, "not the euclidean distance"),
+    (precision_topk_plus_one, r"dropping the first of topk\(k \+ 1\) fails for items that point the same way"),
     (precision_per_item, "one value per item"),
 ])
 def test_precision_at_k_names_the_mistake(fn, hint):
@@ -316,6 +330,11 @@ def tsne_exact_random_start(features, seed):
     coords = TSNE(2, init="random", perplexity=10, method="exact", random_state=seed).fit_transform(
         features.double().numpy())
     return torch.from_numpy(coords).float()
+
+
+def tsne_no_random_state(features, seed):
+    """Right: the default start, init='pca', is the data's PCA projection, the same on every run."""
+    return torch.as_tensor(TSNE(n_components=2).fit_transform(features.numpy()))
 
 
 def tsne_pca(features, seed):
@@ -338,7 +357,7 @@ def tsne_calls_vislib(features, seed):
     return embedding.project(features, "tsne", seed=seed)
 
 
-@pytest.mark.parametrize("fn", [tsne_defaults, tsne_exact_random_start])
+@pytest.mark.parametrize("fn", [tsne_defaults, tsne_exact_random_start, tsne_no_random_state])
 def test_tsne_2d_accepts_correct_implementations(fn, capsys):
     checks.tsne_2d(fn)
     assert "tsne_2d: correct" in capsys.readouterr().out

@@ -44,6 +44,30 @@ def ascent_backward_per_image(model, image, target, lr, l2):
     return image + torch.stack(steps)
 
 
+def ascent_eval_mode_kept(model, image, target, lr, l2):
+    """Switches the model to eval mode (as the reference computes) and leaves it there."""
+    model.eval()
+    return ascent_autograd(model, image, target, lr, l2)
+
+
+def ascent_max_abs(model, image, target, lr, l2):
+    x = image.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum() - l2 * x.square().sum(), x)
+    return (x + lr * grad / grad.abs().amax(dim=(1, 2, 3), keepdim=True)).detach()
+
+
+def ascent_mean_penalty(model, image, target, lr, l2):
+    x = image.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum() - l2 * x.square().mean(), x)
+    return (x + lr * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).detach()
+
+
+def ascent_norm_penalty(model, image, target, lr, l2):
+    x = image.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum() - l2 * x.norm(), x)
+    return (x + lr * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).detach()
+
+
 def ascent_descends(model, image, target, lr, l2):
     return 2 * image - ascent_autograd(model, image, target, lr, l2)
 
@@ -149,6 +173,10 @@ def test_ascent_step_accepts_correct_implementations(fn, capsys):
     (ascent_with_backward, r"\.grad of a parameter changed.*torch\.autograd\.grad"),
     (ascent_in_place, "changed its argument number 2 in place"),
     (ascent_calls_vislib, "calls vislib's own implementation"),
+    (ascent_eval_mode_kept, r"train/eval mode of a module changed.*Leave the model's train/eval mode"),
+    (ascent_max_abs, "not by the largest absolute value"),
+    (ascent_mean_penalty, "the SUM of the squared pixels: yours takes their mean"),
+    (ascent_norm_penalty, r"square the norm: the penalty is l2 \* \|\|I\|\|\^2"),
 ])
 def test_ascent_step_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):
@@ -526,6 +554,11 @@ def fooling_in_place(model, x, target_class, step_size=1.0, max_steps=100):
     return x.copy_(image), steps
 
 
+def fooling_eval_mode_kept(model, x, target_class, step_size=1.0, max_steps=100):
+    model.eval()
+    return fooling_autograd(model, x, target_class, step_size, max_steps)
+
+
 def fooling_calls_vislib(model, x, target_class, step_size=1.0, max_steps=100):
     image, steps, _ = adversarial.fooling_image(model, x, target_class, step_size=step_size, max_steps=max_steps)
     return image, int(steps[0])
@@ -560,6 +593,7 @@ def test_fooling_image_accepts_correct_implementations(fn, capsys):
     (fooling_with_backward, r"\.grad of a parameter changed.*torch\.autograd\.grad"),
     (fooling_in_place, "changed its argument number 2 in place"),
     (fooling_calls_vislib, "calls vislib's own implementation"),
+    (fooling_eval_mode_kept, r"train/eval mode of a module changed.*Leave the model's train/eval mode"),
 ])
 def test_fooling_image_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):

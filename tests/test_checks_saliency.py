@@ -3,11 +3,15 @@ rejected with their own hint; correct implementations written differently are ac
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import vislib
 from vislib import checks, saliency
+from vislib.checks.harness import explain_error, learner_frame
 
 # --------------------------------------------------------------------------- saliency_map
 
@@ -78,6 +82,45 @@ def saliency_calls_vislib(model, x, target):
     return saliency.to_heatmap(saliency.gradient(model, x, target))
 
 
+def saliency_caller_requires_grad(model, x, target):
+    """Right values, but switches requires_grad on in the caller's own tensor."""
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
+    return grad.abs().amax(dim=1)
+
+
+def saliency_cross_entropy(model, x, target):
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x), target), x)
+    return grad.abs().amax(dim=1)
+
+
+def saliency_predicted_class(model, x, target):
+    x = x.clone().requires_grad_(True)
+    logits = model(x)
+    (grad,) = torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(), x)
+    return grad.abs().amax(dim=1)
+
+
+def saliency_all_logits(model, x, target):
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).sum(), x)
+    return grad.abs().amax(dim=1)
+
+
+def saliency_target_columns(model, x, target):
+    """model(x)[:, target] is [B, B]: every image's score for every image's target."""
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x)[:, target].sum(), x)
+    return grad.abs().amax(dim=1)
+
+
+def saliency_times_input(model, x, target):
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
+    return (grad * x).abs().amax(dim=1)
+
+
 def saliency_stub(model, x, target):
     raise NotImplementedError()
 
@@ -96,6 +139,12 @@ def test_saliency_map_accepts_correct_implementations(fn, capsys):
     (saliency_with_backward, r"\.grad of a parameter changed.*torch\.autograd\.grad"),
     (saliency_leaves_hook, r"hooks are registered.*handle\.remove\(\)"),
     (saliency_calls_vislib, "calls vislib's own implementation"),
+    (saliency_caller_requires_grad, r"set requires_grad on its argument number 2.*x\.detach\(\)\.clone\(\)"),
+    (saliency_cross_entropy, "gradient of the cross-entropy loss averaged over the batch"),
+    (saliency_predicted_class, r"not the class the model predicts \(argmax\)"),
+    (saliency_all_logits, "not the sum of all its class scores"),
+    (saliency_target_columns, r"logits\[:, target\] is a B x B matrix"),
+    (saliency_times_input, r"the saliency map is the gradient alone.*\(gradient x input\)"),
 ])
 def test_saliency_map_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):
@@ -112,6 +161,40 @@ def test_an_unimplemented_function_is_not_implemented_yet(capsys):
 def test_a_check_wants_the_function_itself():
     with pytest.raises(TypeError, match=r"checks.saliency_map\(saliency_map\)"):
         checks.saliency_map(torch.zeros(3))
+
+
+def test_explain_error_names_the_line_and_what_the_error_usually_means():
+    text = explain_error("RuntimeError", "Trying to backward through the graph a second time (or directly access "
+                         "saved tensors after they have already been freed).\nmore", "    score.backward()\n", 12,
+                         "saliency_map")
+    assert text.startswith("your saliency_map raised RuntimeError on line 12 (`score.backward()`): Trying to "
+                           "backward through the graph a second time")
+    assert "more" not in text and "one backward pass" in text
+    unknown = explain_error("ValueError", "odd", None, None, "grad_cam")
+    assert unknown == "your grad_cam raised ValueError: odd. Look at that line: the error is in your code."
+    assert "dictionary has no such key" in explain_error("KeyError", "'A'", "saved['A']", 3, "grad_cam")
+
+
+def saliency_index_error(model, x, target):
+    return model(x)[:, target + 10]
+
+
+def test_an_error_in_the_learners_code_is_explained():
+    with pytest.raises(AssertionError, match=r"raised IndexError on line \d+ \(`return model\(x\)\[:, target \+ "
+                                             r"10\]`\).*This usually means: an index does not fit"):
+        checks.saliency_map(saliency_index_error)
+
+
+def test_learner_frame_is_the_innermost_frame_outside_vislib_and_the_libraries():
+    namespace = {}
+    exec(compile("def boom():\n    raise ValueError('x')\n", str(Path(vislib.__file__).parent / "fake.py"), "exec"),
+         namespace)
+    try:
+        namespace["boom"]()  # vislib's frame (boom) below this test's frame
+    except ValueError as error:
+        tb = error.__traceback__
+    assert learner_frame(tb).filename == __file__
+    assert learner_frame(tb.tb_next) is None  # vislib's code alone: the check's own error, left as it is
 
 
 def test_unless_unimplemented_turns_a_stub_into_a_note(capsys):
@@ -160,6 +243,10 @@ def relu_backward_abs(h_in, grad_out, rule):
     return {"backprop": grad_out * mask, "deconvnet": grad_out.abs(), "guided": grad_out.abs() * mask}[rule]
 
 
+def relu_backward_ignores_rule(h_in, grad_out, rule):
+    return grad_out * (h_in > 0)
+
+
 def relu_backward_in_place(h_in, grad_out, rule):
     grad_out[h_in <= 0] = 0
     if rule != "backprop":
@@ -179,6 +266,7 @@ def test_relu_backward_accepts_correct_implementations(fn, capsys):
     (relu_backward_guided_unmasked, "guided backpropagation keeps both conditions"),
     (relu_backward_abs, "not its absolute value"),
     (relu_backward_in_place, "changed its argument number 2 in place"),
+    (relu_backward_ignores_rule, r"for rule='deconvnet' yours gives the backprop rule's gradient"),
 ])
 def test_relu_backward_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):
@@ -248,6 +336,31 @@ def occlusion_first_target(model, x, target, window, stride):
     return occlusion_loops(model, x, target[:1].expand(len(target)), window, stride)
 
 
+def occlusion_misses_the_last_window(model, x, target, window, stride):
+    """range(0, height - window, stride): the last window is never tried."""
+    height, width = x.shape[-2:]
+    maps, counts = torch.zeros(x.shape[0], height, width), torch.zeros(height, width)
+    with torch.no_grad():
+        original = model(x).gather(1, target[:, None])[:, 0]
+        for top in range(0, height - window, stride):
+            for left in range(0, width - window, stride):
+                hidden = x.clone()
+                hidden[:, :, top:top + window, left:left + window] = 0
+                drop = original - model(hidden).gather(1, target[:, None])[:, 0]
+                maps[:, top:top + window, left:left + window] += drop[:, None, None]
+                counts[top:top + window, left:left + window] += 1
+    return maps / counts
+
+
+def occlusion_mean_baseline(model, x, target, window, stride):
+    """Hides each window with the batch's mean value instead of 0."""
+    class Hidden(torch.nn.Module):
+        def forward(self, inputs):
+            return model(torch.where(inputs == 0, x.mean(), inputs))
+
+    return occlusion_loops(Hidden(), x, target, window, stride)
+
+
 def occlusion_calls_vislib(model, x, target, window, stride):
     return saliency.occlusion(model, x, target, window=window, stride=stride, progress=False)
 
@@ -264,6 +377,8 @@ def test_occlusion_map_accepts_correct_implementations(fn, capsys):
     (occlusion_of_probability, "not the probability"),
     (occlusion_first_target, "its own target class"),
     (occlusion_calls_vislib, "calls vislib's own implementation"),
+    (occlusion_mean_baseline, "not with the images. mean value"),
+    (occlusion_misses_the_last_window, r"NaN in the last rows or columns.*range\(0, height - window \+ 1, stride\)"),
 ])
 def test_occlusion_map_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):

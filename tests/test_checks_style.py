@@ -83,6 +83,23 @@ def gram_calls_vislib(features, normalize=True):
     return style.gram_matrix(features, normalize=normalize)
 
 
+def gram_centred(features, normalize=True):
+    """The covariance: features minus each channel's mean over the positions."""
+    b, c, h, w = features.shape
+    flat = features.reshape(b, c, h * w)
+    flat = flat - flat.mean(dim=2, keepdim=True)
+    gram = flat @ flat.transpose(1, 2)
+    return gram / (c * h * w) if normalize else gram
+
+
+def gram_by_channels_squared(features, normalize=True):
+    return gram_bmm(features, normalize=False) / features.shape[1] ** 2 if normalize else gram_bmm(features, False)
+
+
+def gram_by_batch_too(features, normalize=True):
+    return gram_bmm(features, normalize) / (len(features) if normalize else 1)
+
+
 def gram_stub(features, normalize=True):
     raise NotImplementedError()
 
@@ -101,6 +118,9 @@ def test_gram_matrix_accepts_correct_implementations(fn, capsys):
     (gram_one_for_the_batch, "mixes images and channels"),
     (gram_always_divided, "with normalize=False return the plain sums"),
     (gram_calls_vislib, "calls vislib's own implementation"),
+    (gram_centred, "don't subtract the mean.*gives the covariance"),
+    (gram_by_channels_squared, r"not by C\*C"),
+    (gram_by_batch_too, r"not by B\*C\*H\*W"),
 ])
 def test_gram_matrix_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):
@@ -149,6 +169,10 @@ def content_detached(features, target):
     return torch.tensor(((features - target).square().sum() / target.square().sum()).item())
 
 
+def content_gatys(features, target):
+    return 0.5 * (features - target).square().sum()
+
+
 def content_per_image(features, target):
     return (features - target).square().flatten(1).sum(1) / target.square().flatten(1).sum(1)
 
@@ -166,6 +190,7 @@ def test_content_loss_accepts_correct_implementations(fn, capsys):
     (content_own_norm, "not by the features' own"),
     (content_detached, "autograd cannot differentiate"),
     (content_per_image, r"return one number \(a 0-dim tensor\)"),
+    (content_gatys, r"this is Gatys et al.'s 1/2 \* sum \(F - P\)\^2"),
 ])
 def test_content_loss_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):
@@ -206,6 +231,10 @@ def style_plain_grams(features, target_grams):
     return sum(losses) / len(losses)
 
 
+def style_mse(features, target_grams):
+    return sum(F.mse_loss(gram_bmm(features[n]), a) for n, a in target_grams.items()) / len(target_grams)
+
+
 def style_over_features(features, target_grams):
     losses = [(gram_bmm(f) - target_grams[n]).square().sum() / target_grams[n].square().sum()
               for n, f in features.items()]
@@ -224,6 +253,7 @@ def test_style_loss_accepts_correct_implementations(fn, capsys):
     (style_own_norm, "not by your image's own"),
     (style_plain_grams, "compute the Grams the way the targets were computed"),
     (style_over_features, "loop over the layers of target_grams"),
+    (style_mse, r"not by the\s+number of elements \(F\.mse_loss"),
 ])
 def test_style_loss_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):
@@ -350,6 +380,16 @@ def texture_trains_the_network(net, texture, layers, steps):
     return texture_lbfgs(net, texture, layers, steps)
 
 
+def texture_unseeded(net, texture, layers, steps):
+    """Adam from noise drawn from the global random state, whatever it is."""
+    return texture_adam(net, texture, layers, steps, start=torch.rand(texture.shape))
+
+
+def texture_attached(net, texture, layers, steps):
+    image = texture_lbfgs(net, texture, layers, steps).requires_grad_(True)
+    return image * 1.0
+
+
 def texture_calls_vislib(net, texture, layers, steps):
     return style.texture_synthesis(texture, steps=steps, style_layers=layers, pretrained=False, progress=False).image
 
@@ -367,6 +407,8 @@ def test_texture_synthesis_accepts_correct_implementations(fn, capsys):
     (texture_from_the_style, "a copy of the style image"),
     (texture_trains_the_network, r"changed the model: requires_grad of a parameter changed"),
     (texture_calls_vislib, "calls vislib's own implementation"),
+    (texture_unseeded, "gives a different texture each time: draw the starting noise from a fixed seed"),
+    (texture_attached, r"still requires grad: return\s+image\.detach\(\)"),
 ])
 def test_texture_synthesis_names_the_mistake(fn, hint):
     with pytest.raises(AssertionError, match=hint):

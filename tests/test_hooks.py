@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vislib.hooks import capture, count_hooks, frozen, get_layer, layer_name
+from vislib.hooks import capture, count_hooks, frozen, get_layer, layer_name, model_state, state_changes
 from vislib.models import ShapesNet
 
 from .helpers import tiny_cnn, untouched
@@ -172,3 +172,15 @@ def test_differentiable_output_keeps_the_graph_and_survives_inplace_relu():
     with pytest.raises(RuntimeError, match="boom"), differentiable_output(model, "conv1"):
         raise RuntimeError("boom")
     assert count_hooks(model) == 0
+
+
+def test_model_state_notices_a_changed_module_setting_and_not_a_restored_one():
+    model = tiny_cnn(inplace=True)
+    before = model_state(model)
+    model.relu1.inplace = False
+    model.conv2.stride = (2, 2)
+    changes = state_changes(before, model_state(model))
+    assert changes == ["the setting relu1.inplace changed from True to False",
+                       "the setting conv2.stride changed from (1, 1) to (2, 2)"]
+    model.relu1.inplace, model.conv2.stride = True, (1, 1)
+    assert state_changes(before, model_state(model)) == []

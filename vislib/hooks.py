@@ -221,13 +221,28 @@ def count_hooks(model: nn.Module) -> int:
     return sum(len(getattr(m, kind, {})) for m in model.modules() for kind in kinds)
 
 
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def _settings(module: nn.Module) -> dict:
+    """A module's own settings: its public attributes of simple types (``ReLU.inplace``, a conv's
+    ``stride``, BatchNorm's ``momentum``), i.e. ``vars(module)`` without parameters, buffers,
+    submodules, hook dictionaries (all private) and the train/eval flag (compared on its own)."""
+    return {key: value for key, value in vars(module).items()
+            if not key.startswith("_") and key != "training"
+            and (isinstance(value, _SIMPLE)
+                 or isinstance(value, tuple) and all(isinstance(v, _SIMPLE) for v in value))}
+
+
 def model_state(model: nn.Module) -> dict:
-    """A copy of everything vislib promises not to change in a model: hooks, modules, modes,
-    ``requires_grad``, ``.grad``, parameters and buffers. ``state_changes`` compares two."""
+    """A copy of everything vislib promises not to change in a model: hooks, modules, modes, module
+    settings (such as ``ReLU.inplace``), ``requires_grad``, ``.grad``, parameters and buffers.
+    ``state_changes`` compares two."""
     return {
         "hooks": count_hooks(model),
         "modules": [(name, type(m), id(m)) for name, m in model.named_modules()],
         "modes": [m.training for m in model.modules()],
+        "settings": {name: _settings(m) for name, m in model.named_modules()},
         "requires_grad": [p.requires_grad for p in model.parameters()],
         "grads": [None if p.grad is None else (id(p.grad), p.grad.detach().clone()) for p in model.parameters()],
         "params": [p.detach().clone() for p in model.parameters()],
@@ -244,6 +259,11 @@ def state_changes(before: dict, after: dict) -> list[str]:
         changes.append("a module of the model was replaced")
     if after["modes"] != before["modes"]:
         changes.append("the train/eval mode of a module changed")
+    for name, settings in before["settings"].items():
+        for key, value in settings.items():
+            now = after["settings"].get(name, {}).get(key, value)
+            if now != value:
+                changes.append(f"the setting {name or 'model'}.{key} changed from {value!r} to {now!r}")
     if after["requires_grad"] != before["requires_grad"]:
         changes.append("requires_grad of a parameter changed")
     for b, a in zip(before["grads"], after["grads"], strict=True):

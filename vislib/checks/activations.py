@@ -76,13 +76,13 @@ def filter_tiles(fn) -> None:
         got = call("filter_tiles", fn, weight)
         expected = _tiles(weight)
         zero = weight.flatten(1).abs().amax(1) == 0
-        if isinstance(got, torch.Tensor) and got.shape == expected.shape and not torch.isfinite(got[zero]).all():
-            raise AssertionError("your filter_tiles gives NaN for a filter of zeros: guard the division by its "
-                                 "largest |weight| so that such a filter becomes plain grey (0.5)")
+        nan_for_zeros = (isinstance(got, torch.Tensor) and got.shape == expected.shape
+                         and not torch.isfinite(got[zero]).all())
         own = weight.flatten(1).abs().amax(1).clamp_min(1e-12)[:, None, None, None]
         low = weight.flatten(1).amin(1)[:, None, None, None]
         span = (weight.flatten(1).amax(1)[:, None, None, None] - low).clamp_min(1e-12)
         per_channel = weight.abs().amax((2, 3), keepdim=True).clamp_min(1e-12)
+        signed = weight.flatten(1).amax(1)[:, None, None, None]
         last = (0, 2, 3, 1)
         mistakes = {
             "scale each filter on its own, by its own largest |weight|, not all filters by one global maximum "
@@ -93,11 +93,19 @@ def filter_tiles(fn) -> None:
             "scale the whole filter (all its colour channels together) by one number; scaling each colour "
             "channel on its own changes the filter's colour": (0.5 + 0.5 * weight / per_channel).permute(last),
             "map the weights to [0, 1] with 0.5 + 0.5 * w / max|w|; yours lie in [-1, 1]": (weight / own).permute(last),
+            "divide by the largest ABSOLUTE weight, max|w|, not the largest weight: a filter's strongest weight may "
+            "be negative": (0.5 + 0.5 * weight / torch.where(signed == 0, 1.0, signed)).permute(last),
             "put the colour channels last, [N, kh, kw, C] (weight.permute(0, 2, 3, 1)), the layout plt.imshow "
             "expects": expected.permute(0, 3, 1, 2),
             "keep rows as rows: [N, kh, kw, C] is weight.permute(0, 2, 3, 1); yours swaps height and width":
                 expected.transpose(1, 2),
         }
+        if nan_for_zeros:  # name the scaling from the other filters first: min-max scaling also gives 0 / 0
+            expect("filter_tiles", got[~zero], expected[~zero], {hint: wrong[~zero] for hint, wrong in mistakes.items()
+                                                                 if wrong.shape == expected.shape},
+                   what=f"stack of tiles ({label}, the filters that are not all zeros)")
+            raise AssertionError("your filter_tiles gives NaN for a filter of zeros: guard the division by its "
+                                 "largest |weight| so that such a filter becomes plain grey (0.5)")
         expect("filter_tiles", got, expected, mistakes, what=f"stack of tiles ({label})")
 
 
@@ -152,19 +160,26 @@ def _compare_patches(got, expected, maps: torch.Tensor, k: int, rf, what: str) -
     start = offset + position * stride
     swapped = offset + torch.stack([unit % width, unit // width], 1) * stride
     by_height = offset + torch.stack([unit // height, unit % height], 1) * stride
+    exclusive = ("box ends are exclusive, like slices: bottom = top + size (then clipped), so that "
+                 "image[:, top:bottom, left:right] is the whole window")
     unravel = "unravel the flat position with the map's width w: y = index // w, x = index % w"
     repeated = ("each patch must come from a different image: take each image's best position (max over positions) "
                 "first, then the k best images")
     by_mean = "rank the images by their strongest unit (the maximum over positions), not by the mean activation"
-    expect("top_patches_of_channel", got[0], expected[0], {repeated: units_values, by_mean: mean_values},
-           what=f"list of values ({what})")
+    first = "give the patches strongest first (topk's order), not weakest first"
+    expect("top_patches_of_channel", got[0], expected[0],
+           {repeated: units_values, by_mean: mean_values, first: expected[0].flip(0)}, what=f"list of values ({what})")
     expect("top_patches_of_channel", got[1], expected[1],
-           {repeated: units // (height * width), by_mean: mean_images}, what=f"list of images ({what})")
+           {repeated: units // (height * width), by_mean: mean_images, first: expected[1].flip(0)},
+           what=f"list of images ({what})")
     mistakes = {
         "clip the boxes to the image: top and left at least 0, bottom and right at most its height and width":
             _boxes(start, rf.size, rf.input_size, clip=False),
-        "box ends are exclusive, like slices: bottom = top + size (then clipped), so that "
-        "image[:, top:bottom, left:right] is the whole window": _boxes(start, rf.size, rf.input_size, inclusive=True),
+        exclusive: _boxes(start, rf.size, rf.input_size, inclusive=True),
+        exclusive + " ": _boxes(start, tuple(s - 1 for s in rf.size), rf.input_size),
+        "a unit's window starts at offset + position * stride: multiply the position by the receptive field's "
+        "stride (the distance in pixels between neighbouring units' windows)": _boxes(offset + position, rf.size,
+                                                                                       rf.input_size),
         "a unit's window starts at offset + position * stride: add the receptive field's offset (negative where "
         "the window reaches into the padding)": _boxes(position * stride, rf.size, rf.input_size),
         unravel: _boxes(swapped, rf.size, rf.input_size),

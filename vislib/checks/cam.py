@@ -23,9 +23,8 @@ LAYER_OUTPUT = ("use the layer's output A^k and the gradient with respect to tha
                 "`output`), not the layer's input")
 OUTPUT_GRADIENT = ("take alpha from the gradient with respect to the layer's output (a full backward hook's "
                    "grad_output), not its input (grad_input)")
-INPLACE = ("the layer is a ReLU that works in place, and register_full_backward_hook cannot handle that: catch "
-           "the gradient with a hook on the layer's output tensor (output.register_hook in a forward hook) or "
-           "with torch.autograd.grad(score, output)")
+ONE_RELU = ("Grad-CAM has one ReLU, after the weighted sum over the channels: a ReLU on the gradient, on alpha or "
+            "on each channel's term drops the channels with negative weights, which the sum needs")
 # vislib's CAM family and its hook recorder: the exercises are to write these with torch's own hooks.
 
 
@@ -44,14 +43,30 @@ def _cases() -> list[Case]:
     return [*cases(), _object_case()]
 
 
+def _layer_cases() -> list[Case]:
+    """The cases at the last feature map, where the gradient of the score (read through global average
+    pooling) is the same at every position, so several wrong ways to pool it agree with the mean; and a
+    case at the layer before the max pool, where it differs between positions."""
+    x = torch.rand(2, 3, 10, 12, generator=torch.Generator().manual_seed(19))
+    early = Case("BatchNorm, the layer before the max pool (features.relu1, its gradient differs between "
+                 "positions), 2 images of 10x12, targets [3, 0]", small_cnn(5, inplace=False, batchnorm=True), x,
+                 torch.tensor([3, 0]), layer="features.relu1")
+    return [*_cases(), early]
+
+
 def _tolerance(expected: torch.Tensor) -> float:
     """An absolute tolerance relative to the map's own scale: random-weight maps are small (about 1e-3)."""
     return 1e-4 * max(expected.abs().max().item(), 1e-12)
 
 
+def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One value per image, shaped to broadcast over ``like``'s images ([B,H,W] maps or [B,3,H,W])."""
+    return values.view(-1, *[1] * (like.ndim - 1))
+
+
 def _divided(maps: torch.Tensor, by: torch.Tensor) -> torch.Tensor:
-    """Each map divided by its own ``by`` value (a flat map stays as it is)."""
-    return maps / torch.where(by == 0, torch.ones_like(by), by)[:, None, None]
+    """Each image's map divided by its own ``by`` value (a flat map stays as it is)."""
+    return maps / _per_image(torch.where(by == 0, torch.ones_like(by), by), maps)
 
 
 def _per_image_max(maps: torch.Tensor) -> torch.Tensor:
@@ -60,7 +75,7 @@ def _per_image_max(maps: torch.Tensor) -> torch.Tensor:
 
 def _min_max(maps: torch.Tensor) -> torch.Tensor:
     low = maps.flatten(1).amin(1)
-    return _divided(maps - low[:, None, None], maps.flatten(1).amax(1) - low)
+    return _divided(maps - _per_image(low, maps), maps.flatten(1).amax(1) - low)
 
 
 def _map_shape(name: str, got, expected: torch.Tensor, channels: int) -> None:
@@ -131,23 +146,18 @@ def _weighted(alpha: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bk,bkhw->bhw", alpha.expand(len(activations), -1), activations).clamp(min=0)
 
 
-def _call_with_hooks(name: str, fn, case: Case):
-    """``call`` for a function that hooks the case's model, with the hint for a full backward hook
-    on an inplace ReLU (PyTorch's own error does not say what to do instead)."""
-    try:
-        return call(name, fn, case.model, case.x, case.target, LAYER, models=[case.model])
-    except RuntimeError as error:
-        if "BackwardHookFunction" in str(error) and "inplace" in str(error):
-            raise AssertionError(f"your {name} fails on the model with inplace ReLUs: {INPLACE}") from error
-        raise
+def _call_with_layer(name: str, fn, case: Case):
+    """``call`` for a function that takes the case's model, input, targets and layer name."""
+    return call(name, fn, case.model, case.x, case.target, case.layer, models=[case.model])
 
 
 @exercise("grad_cam", "ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of d logit / d A_k, at the layer's "
-                      "resolution, per image and target, on 4 models (inplace ReLUs, BatchNorm, non-square).")
+                      "resolution, per image and target, on 5 models (inplace ReLUs, train mode, BatchNorm, "
+                      "non-square, a layer before the max pool).")
 def grad_cam(fn) -> None:
-    for case in _cases():
-        got = _call_with_hooks("grad_cam", fn, case)
-        layer = case.model.get_submodule(LAYER)
+    for case in _layer_cases():
+        got = _call_with_layer("grad_cam", fn, case)
+        layer = case.model.get_submodule(case.layer)
 
         def grad_cam_of(model, target=case.target, x=case.x, layer=layer, **options):
             return cam.grad_cam(model, x, target, layer=layer, upsample=False, **options)
@@ -156,7 +166,17 @@ def grad_cam(fn) -> None:
         tensors = _layer_tensors(case.model, case.x, case.target, layer)
         _map_shape("grad_cam", got, expected, tensors["output"].shape[1])
         h, w = expected.shape[-2:]
+        gradient, activations = tensors["output_grad"], tensors["output"]
+        pool = "alpha_k is the MEAN of the gradient over all positions of channel k (grads.mean(dim=(2, 3)))"
         mistakes = {
+            "weight each channel by one number, alpha_k, the mean of its gradient over the positions: multiplying "
+            "gradient and activation position by position is HiResCAM, not Grad-CAM":
+                (gradient * activations).sum(1).clamp(min=0),
+            f"{pool}, not its maximum": _weighted(gradient.amax(dim=(2, 3)), activations),
+            f"{pool}, not its value at one position": _weighted(gradient[:, :, 0, 0], activations),
+            f"{pool}, not the mean of its absolute value": _weighted(gradient.abs().mean(dim=(2, 3)), activations),
+            ONE_RELU: _weighted(gradient.clamp(min=0).mean(dim=(2, 3)), activations),
+            ONE_RELU + " ": (gradient.mean(dim=(2, 3))[:, :, None, None] * activations).clamp(min=0).sum(1),
             f"your map is {h * w}x larger than expected ({h}x{w} positions): did you sum the gradient over "
             "positions instead of averaging it?": expected * (h * w),
             "apply a ReLU to the weighted sum: Grad-CAM keeps only the evidence for the class":
@@ -175,11 +195,12 @@ def grad_cam(fn) -> None:
 
 
 @exercise("guided_grad_cam", "Guided backprop times the bilinearly upsampled Grad-CAM map, [B,3,H,W], per image "
-                             "and target, on 4 models (inplace ReLUs, BatchNorm, non-square).")
+                             "and target, on 5 models (inplace ReLUs, train mode, BatchNorm, non-square, a layer "
+                             "before the max pool).")
 def guided_grad_cam(fn) -> None:
-    for case in _cases():
-        got = _call_with_hooks("guided_grad_cam", fn, case)
-        layer = case.model.get_submodule(LAYER)
+    for case in _layer_cases():
+        got = _call_with_layer("guided_grad_cam", fn, case)
+        layer = case.model.get_submodule(case.layer)
         expected = cam.guided_grad_cam(case.model, case.x, case.target, layer=layer)
         if isinstance(got, torch.Tensor) and got.shape == expected.shape[:1] + expected.shape[2:]:
             raise AssertionError(f"your guided_grad_cam returns shape {list(got.shape)}; expected "
@@ -194,9 +215,19 @@ def guided_grad_cam(fn) -> None:
             return F.interpolate(maps[:, None], size=size, mode=mode, **options)
 
         bilinear = upsampled(coarse, align_corners=False)
+        plain = saliency.gradient(case.model, case.x, case.target)
         mistakes = {
             "multiply by guided backpropagation (positive gradients only, and only where the ReLU's input was "
-            "positive), not the plain gradient": saliency.gradient(case.model, case.x, case.target) * bilinear,
+            "positive), not the plain gradient": plain * bilinear,
+            "guided backpropagation keeps the positive part of the gradient at every ReLU on the way back (a hook "
+            "on each ReLU), not once at the input": plain.clamp(min=0) * bilinear,
+            LOGIT_NOT_PROBABILITY + " (in your guided backpropagation)":
+                saliency.guided_backprop(_probability(case.model), case.x, case.target) * bilinear,
+            LOGIT_NOT_PROBABILITY + " (in your guided backpropagation) ":
+                saliency.guided_backprop(_log_probability(case.model), case.x, case.target) * bilinear,
+            NOT_NORMALISED: _per_image_max(expected),
+            NOT_NORMALISED + " ": _min_max(expected),
+            NOT_NORMALISED + "  ": _divided(expected, expected.abs().flatten(1).amax(1)),
             "guided backpropagation also keeps the forward mask [h > 0] at every ReLU: yours looks like deconvnet":
                 saliency.deconvnet(case.model, case.x, case.target) * bilinear,
             "upsample the Grad-CAM map bilinearly (mode='bilinear', align_corners=False), not to nearest-neighbour "

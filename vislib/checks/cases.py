@@ -1,6 +1,6 @@
 """The small models and inputs every check runs a learner's function on: random weights (so no
-answer can be memorised), one model with inplace ReLUs and one without, BatchNorm, a batch whose
-images each have their own target class, and a non-square input."""
+answer can be memorised), one model with inplace ReLUs and one without, BatchNorm, a model handed
+over in train mode, a batch whose images each have their own target class, and a non-square input."""
 
 from __future__ import annotations
 
@@ -43,21 +43,25 @@ def small_cnn(seed: int, inplace: bool, batchnorm: bool) -> nn.Module:
 
 @dataclass
 class Case:
-    """One model with one batch and one target class per image."""
+    """One model with one batch, one target class per image, and the layer a layer-taking check uses."""
 
     label: str
     model: nn.Module
     x: torch.Tensor
     target: torch.Tensor
+    layer: str = LAYER
 
 
 def cases() -> list[Case]:
-    """Three cases: inplace ReLUs with a non-square batch of distinct targets; BatchNorm without
-    inplace ReLUs on a square batch; one image alone."""
+    """Three cases: inplace ReLUs with a non-square batch of distinct targets, the model in train mode
+    (the notebooks promise one: a function must hand it back in train mode; it has no BatchNorm or
+    dropout, so both modes compute the same); BatchNorm without inplace ReLUs on a square batch; one
+    image alone."""
     generator = torch.Generator().manual_seed(7)
     return [
-        Case("inplace ReLUs, 3 images of 12x16, targets [0, 3, 1]", small_cnn(1, inplace=True, batchnorm=False),
-             torch.rand(3, 3, 12, 16, generator=generator), torch.tensor([0, 3, 1])),
+        Case("inplace ReLUs, model in train mode, 3 images of 12x16, targets [0, 3, 1]",
+             small_cnn(1, inplace=True, batchnorm=False).train(), torch.rand(3, 3, 12, 16, generator=generator),
+             torch.tensor([0, 3, 1])),
         Case("BatchNorm, 2 images of 10x10, targets [4, 2]", small_cnn(2, inplace=False, batchnorm=True),
              torch.rand(2, 3, 10, 10, generator=generator), torch.tensor([4, 2])),
         Case("one image of 8x8, target [2]", small_cnn(3, inplace=True, batchnorm=True),

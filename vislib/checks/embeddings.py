@@ -36,7 +36,8 @@ class _TwoLayerHead(nn.Module):
 
 
 def _embed_cases() -> list[tuple[str, nn.Module, torch.Tensor]]:
-    """An eval model with inplace ReLUs; a BatchNorm model left in train mode; the two-layer head."""
+    """A model with inplace ReLUs (in train mode, without BatchNorm); a BatchNorm model left in train mode;
+    the two-layer head in eval mode."""
     inplace, batchnorm, _ = cases()
     x = torch.rand(2, 3, 9, 11, generator=torch.Generator().manual_seed(17))
     return [("inplace ReLUs, 3 images of 12x16", inplace.model, inplace.x),
@@ -87,12 +88,28 @@ def embed(fn) -> None:
 
 
 def _feature_sets() -> list[tuple[str, torch.Tensor, int]]:
-    """Rows whose norms differ a lot (0.1 to 10), so cosine and euclidean neighbours differ."""
+    """Rows whose norms differ a lot (0.1 to 10), so cosine and euclidean neighbours differ; and rows
+    with a pair that points the same way (cosine exactly 1, the rows' own cosine), where dropping the
+    first column of topk(k + 1) can drop the twin instead of the row itself. Every other row points
+    away from the pair, so the twins, which tie for every row, come last in its list of neighbours."""
     generator = torch.Generator().manual_seed(13)
     norms = torch.logspace(-1, 1, 12)[torch.randperm(12, generator=generator)]
     first = torch.randn(12, 5, generator=generator) * norms[:, None]
     second = torch.randn(9, 16, generator=generator) * (0.2 + 5 * torch.rand(9, 1, generator=generator))
-    return [("12 rows of 5 features, norms 0.1 to 10, k=3", first, 3), ("9 rows of 16 features, k=4", second, 4)]
+    twins, _ = _twins(torch.randn(10, 5, generator=generator))
+    return [("12 rows of 5 features, norms 0.1 to 10, k=3", first, 3), ("9 rows of 16 features, k=4", second, 4),
+            ("10 rows of 5 features, rows 2 and 6 pointing the same way, k=3", twins, 3)]
+
+
+def _twins(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` with rows 2 and 6 made to point the same way (along the last axis, with lengths 1 and
+    0.25, so that their unit vectors and cosine 1 are exact) and every other row pointing away from
+    them; and labels that put rows 2 and 6 in different classes (the first and second half)."""
+    rows = rows.clone()
+    rows[:, -1] = -3 - rows[:, -1].abs()
+    rows[2], rows[6] = 0.0, 0.0
+    rows[2, -1], rows[6, -1] = 1.0, 0.25
+    return rows, (torch.arange(len(rows)) >= len(rows) // 2).long()
 
 
 def _similarities(features: torch.Tensor, normalise: bool, diagonal: float) -> torch.Tensor:
@@ -102,14 +119,19 @@ def _similarities(features: torch.Tensor, normalise: bool, diagonal: float) -> t
 
 
 @exercise("cosine_knn", "The k nearest other rows by cosine similarity, closest first, on rows of very different "
-                        "norms.")
+                        "norms and rows that point the same way.")
 def cosine_knn(fn) -> None:
     for label, features, k in _feature_sets():
         got = call("cosine_knn", fn, features, k)
         expected, _ = embedding.nearest(features, torch.arange(len(features)), k=k)
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape \
+                and (got == torch.arange(len(features))[:, None]).any():
+            raise AssertionError(f"your cosine_knn lists a row among its own neighbours ({label}): leave each row "
+                                 "itself out. Its most similar row is always itself (cosine 1): set the diagonal of "
+                                 "the similarity matrix to -inf before topk. Dropping the first column of "
+                                 "topk(k + 1) is not enough: a row pointing the same way ties with the row itself "
+                                 "and may come first")
         mistakes = {
-            "leave each row itself out: its most similar row is always itself (cosine 1); set the diagonal of the "
-            "similarity matrix to -inf before topk": embedding.nearest(features, features.clone(), k=k)[0],
             "use the cosine similarity, not the euclidean distance: rows pointing the same way are near whatever "
             "their lengths": embedding.nearest(features, torch.arange(len(features)), k=k, metric="euclidean")[0],
             "divide by the norms: the cosine similarity is the dot product of rows scaled to length 1 "
@@ -134,7 +156,9 @@ def _labelled_sets() -> list[tuple[str, torch.Tensor, torch.Tensor, int]]:
         features = (centres[labels] + 0.8 * torch.randn(len(labels), dim, generator=generator)) \
             * (0.2 + 5 * torch.rand(len(labels), 1, generator=generator))
         sets.append((f"{len(labels)} items in classes of {', '.join(map(str, sizes))}, k={k}", features, labels, k))
-    return sets
+    features, labels = _twins(torch.randn(8, 4, generator=generator))
+    return [*sets, ("8 items in classes of 4 and 4, items 2 and 6 (of different classes) pointing the same way, k=2",
+                    features, labels, 2)]
 
 
 def _one_number(value, items: int) -> torch.Tensor:
@@ -170,6 +194,10 @@ def precision_at_k(fn) -> None:
                 hits.amax(1).mean(),
             "use the cosine similarity, not the euclidean distance":
                 torch.tensor(embedding.precision_at_k(features, labels, k=k, metric="euclidean"), dtype=torch.float64),
+            "leave each item itself out by setting the diagonal of the similarity matrix to -inf: dropping the first "
+            "of topk(k + 1) fails for items that point the same way (items 2 and 6 here), as the item itself may "
+            "not come first": (labels[_similarities(features, True, 1.0).topk(k + 1).indices[:, 1:]]
+                               == labels[:, None]).double().mean(),
         }
         expected = torch.tensor(embedding.precision_at_k(features, labels, k=k), dtype=torch.float64)
         expect("precision_at_k", got, expected, mistakes, what=f"precision ({label})")
@@ -193,14 +221,17 @@ def _tsne_data() -> tuple[torch.Tensor, float]:
     return features, float(trustworthiness(features.numpy(), reference.numpy(), n_neighbors=5))
 
 
-@exercise("tsne_2d", "A 2-D t-SNE map [N, 2] that is the same for the same seed and keeps the neighbourhoods of 72 "
+@exercise("tsne_2d", "A 2-D t-SNE map [N, 2] that is the same for the same seed (whatever the global random "
+                     "state) and keeps the neighbourhoods of 72 "
                      "points in 12 clusters as well as vislib's.")
 def tsne_2d(fn) -> None:
     features, reference = _tsne_data()
     from sklearn.manifold import trustworthiness
 
     maps = []
-    for _ in range(2):
+    for draw in (1, 2):  # the same seed under two global random states (the check's own, restored after)
+        np.random.seed(draw)
+        torch.manual_seed(draw)
         got = call("tsne_2d", fn, features, 0)
         if not isinstance(got, torch.Tensor):
             raise AssertionError(f"your tsne_2d must return a torch.Tensor [N, 2], got {type(got).__name__}: "
@@ -212,8 +243,9 @@ def tsne_2d(fn) -> None:
             raise AssertionError("your tsne_2d returns NaN or infinite coordinates")
         maps.append(got.detach().double())
     if not torch.allclose(maps[0], maps[1]):
-        raise AssertionError("your tsne_2d gave two different maps for the same seed: t-SNE starts from random "
-                             "positions, so pass random_state=seed to TSNE")
+        raise AssertionError("your tsne_2d gave two different maps for the same seed: your t-SNE starts from "
+                             "random positions drawn from the global random state (init='random' without a seed), "
+                             "so pass random_state=seed to TSNE (or keep the default start, init='pca')")
     score = trustworthiness(features.numpy(), maps[0].numpy(), n_neighbors=5)
     if score < reference - TRUST_MARGIN:
         raise AssertionError(f"your tsne_2d keeps fewer neighbourhoods than t-SNE does (trustworthiness {score:.3f}, "

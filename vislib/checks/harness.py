@@ -5,18 +5,26 @@ A check is a function ``check(fn)`` decorated with ``exercise``. Inside, it call
 function through ``call`` (which refuses a function that leaves anything behind in the model or
 that only calls vislib's own implementation) and compares results with ``expect`` (which names
 the mistake whose output the learner's result matches). The decorator turns an unimplemented
-function into "not implemented yet" instead of a traceback.
+function into "not implemented yet" instead of a traceback, and an exception raised inside the
+learner's code into a hint that names the learner's line and what such an error usually means
+(``explain_error``, a pure function of strings so that grading can use it for errors that
+happened in another process).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import os
+import re
+import sysconfig
+import traceback
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 from threadpoolctl import threadpool_limits
@@ -50,7 +58,8 @@ def exercise(name: str, summary: str):
     """Make ``check(fn)`` an exercise check named ``name``.
 
     The check prints one success line (``summary`` says what was verified) or raises
-    ``AssertionError`` with a hint. A function that still raises ``NotImplementedError`` prints
+    ``AssertionError`` with a hint; an exception raised inside the learner's code becomes such a
+    hint too (``explain_error``). A function that still raises ``NotImplementedError`` prints
     "not implemented yet", so a learner's notebook runs top to bottom; with ``strict=True`` (the
     autograder's hidden tests) it raises ``NotImplementedYet``. Nothing is returned, so a
     notebook cell shows only the printed line (nbgrader would read a returned value as points).
@@ -72,9 +81,17 @@ def exercise(name: str, summary: str):
                     raise NotImplementedYet(f"{name}: {NOT_IMPLEMENTED}") from None
                 print(f"{name}: {NOT_IMPLEMENTED} (replace `raise NotImplementedError()` with your code)")
                 return
-            except LearnerError as error:
-                raise AssertionError(f"your {name} raised {error}"
-                                     + (f" in the line `{error.line}`" if error.line else "")) from None
+            except LearnerError as error:  # raised in the grader's runner
+                raise AssertionError(explain_error(error.error_type, error.message, error.line, error.line_number,
+                                                   name)) from None
+            except AssertionError:
+                raise
+            except Exception as error:
+                frame = learner_frame(error.__traceback__)
+                if frame is None:  # the check's own error, not the learner's
+                    raise
+                raise AssertionError(explain_error(type(error).__name__, str(error), frame.line, frame.lineno,
+                                                   name)) from error
             finally:
                 _rule.reset(token)
             print(f"{name}: correct. {summary}")
@@ -92,16 +109,104 @@ def off_limits_of(check: Callable) -> OffLimits:
 
 @contextmanager
 def _apart_from_the_learner():
-    """A check neither reseeds the learner's global random state (the case models are built from
-    seeds) nor competes with itself for a small shared CPU: its tiny models and t-SNE run on one
-    thread (several threads wait for each other when other programs share the cores)."""
+    """A check neither reseeds the learner's global random states, torch's and numpy's (the case models
+    are built from seeds, t-SNE may draw from numpy's) nor competes with itself for a small shared CPU:
+    its tiny models and t-SNE run on one thread (several threads wait for each other when other
+    programs share the cores)."""
     threads = torch.get_num_threads()
+    numpy_state = np.random.get_state()
     with torch.random.fork_rng(devices=[]), threadpool_limits(1):
         torch.set_num_threads(1)
         try:
             yield
         finally:
             torch.set_num_threads(threads)
+            np.random.set_state(numpy_state)
+
+
+# What typical errors inside a learner's function usually mean: (pattern of the message, meaning).
+# The first pattern that matches the error's type and message wins.
+_MEANINGS = (
+    (r"RemovableHandle", "a forward hook's return value replaces the layer's output, and yours returns a hook's "
+                         "handle (register_hook returns one, and a lambda returns whatever its expression gives): "
+                         "write the hook with def and let it return None, or return a tensor"),
+    (r"hook returned|returned an incorrect", "a hook must return None (to keep the gradient or output as it is) or "
+                                             "a tensor of the same shape, nothing else"),
+    (r"differentiated Tensors does not require grad", "the tensor you differentiate with respect to is not part "
+                                                      "of the graph: a .detach() (or torch.no_grad()) cut it off; "
+                                                      "keep the tensor the forward pass used (a hook's output "
+                                                      "itself) and detach only what you return"),
+    (r"does not require grad and does not have a grad_fn",
+     "the score is not connected to the tensor you differentiate: make a copy of the input that requires grad "
+     "(x.detach().clone().requires_grad_(True)) before the forward pass, keep the graph (no .detach(), no "
+     "torch.no_grad(), no .item() on the way) and take the gradient with respect to that very tensor"),
+    (r"appears to not have been used in the graph", "the tensor you differentiate with respect to is not the one "
+                                                    "the score was computed from: a .detach() or .clone() made a "
+                                                    "new tensor; keep the tensor that the forward pass used"),
+    (r"backward through the graph a second time", "each forward pass builds a graph that one backward pass (or "
+                                                  "autograd.grad) uses up: sum the scores into one number and "
+                                                  "differentiate once, or run a new forward pass for each gradient"),
+    (r"BackwardHookFunction.*inplace|inplace.*BackwardHookFunction",
+     "register_full_backward_hook cannot handle a layer whose output an inplace operation changes (an inplace "
+     "ReLU, or the layer after it): catch the gradient with a hook on the layer's output tensor "
+     "(output.register_hook in a forward hook) or with torch.autograd.grad(score, output)"),
+    (r"modified by an inplace operation", "a tensor that autograd still needs was changed in place (an inplace "
+                                          "ReLU, +=, clamp_, x[...] = ...): work on a copy (.clone()) or use "
+                                          "out-of-place operations"),
+    (r"leaf Variable that requires grad", "a tensor that requires grad cannot be changed in place: change it "
+                                          "inside torch.no_grad(), or work on a detached copy"),
+    (r"implicitly created only for scalar", "backward() needs one number: sum the scores of all images "
+                                            "(scores.sum()) before differentiating"),
+    (r"numpy\(\) on Tensor that requires grad", "call .detach() before .numpy()"),
+    (r"shapes cannot be multiplied|must match the size|does not broadcast|size mismatch|shape .* is invalid",
+     "two tensors' shapes do not fit together: print the .shape of each tensor on this line. A linear layer's "
+     "weight is [classes, features] (weight[target] is one row per image); a batch of images is [B, C, H, W]"),
+    (r"out of bounds|out of range|Index tensor must have the same number of dimensions",
+     "an index does not fit the tensor: check which dimension you index and its size (logits[i, target[i]] or "
+     "logits.gather(1, target[:, None]) picks each image's class)"),
+    (r"'NoneType' object has no attribute", "a value you expected is None: .grad stays None unless backward() "
+                                            "reached that tensor (a leaf that requires grad), and a hook's store "
+                                            "stays empty unless the hooked layer ran"),
+    (r"view size is not compatible", "use .reshape(...) instead of .view(...) on a permuted or sliced tensor"),
+    (r"expected .*dtype|expected scalar type|but got: .* != ", "the tensors have different dtypes: convert with "
+                                                              ".float() (or .long() for indices)"),
+    (r"^KeyError", "a dictionary has no such key: did the hook that fills it run (right layer name)?"),
+)
+
+
+def explain_error(error_type: str, message: str, learner_line: str | None, line_number: int | None,
+                  name: str) -> str:
+    """The hint for an exception raised inside the learner's ``name``: which of their lines raised it
+    and what such an error usually means. Only strings in, so it also explains an error that happened
+    in another process (the autograder's)."""
+    first = message.strip().splitlines()[0].rstrip(".") if message.strip() else ""
+    where = f" on line {line_number}" if line_number else ""
+    code = f" (`{learner_line.strip()}`)" if learner_line and learner_line.strip() else ""
+    text = f"your {name} raised {error_type}{where}{code}: {first}"
+    for pattern, meaning in _MEANINGS:
+        if re.search(pattern, f"{error_type}: {message}", re.S):
+            return f"{text}. This usually means: {meaning}."
+    return f"{text}. Look at that line: the error is in your code."
+
+
+def _library_folders() -> tuple[str, ...]:
+    """Folders whose files are not the learner's: vislib, the standard library and the installed
+    packages (torch, numpy, scikit-learn)."""
+    paths = sysconfig.get_paths()
+    folders = {os.path.dirname(os.path.dirname(os.path.abspath(__file__))), paths["stdlib"], paths["platstdlib"],
+               paths["purelib"], paths["platlib"]}
+    return tuple(os.path.join(os.path.realpath(f), "") for f in folders)
+
+
+def learner_frame(tb) -> traceback.FrameSummary | None:
+    """The innermost frame of traceback ``tb`` that is the learner's code (a notebook cell or their
+    own file), not vislib, the standard library or an installed package such as torch; None when the
+    learner's code is not in it (the check's own error)."""
+    libraries = _library_folders()
+    for frame in reversed(traceback.extract_tb(tb)):
+        if not os.path.realpath(frame.filename).startswith(libraries):
+            return frame
+    return None
 
 
 @contextmanager
@@ -134,6 +239,7 @@ class Outcome:
     off_limits: list[str]
     model_changes: list[list[str]]
     changed_arguments: list[int]
+    grad_switched_arguments: list[int]  # tensor arguments whose requires_grad the function switched on
 
 
 _rule: ContextVar[OffLimits] = ContextVar("off_limits", default=OffLimits())  # noqa: B039 (frozen)
@@ -144,6 +250,7 @@ def run_here(fn: Callable, args: tuple, kwargs: dict, models: list[nn.Module], r
     The learner's exceptions pass through; ``rule``'s functions are tripwires meanwhile."""
     before = [model_state(m) for m in models]
     tensors = [(i, a.detach().clone()) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    flags = {i: a.requires_grad for i, a in enumerate(args) if isinstance(a, torch.Tensor)}
     rule.fingerprints()  # taken from the originals, before the tripwires replace them
     offlimits.clear_hits()
     try:
@@ -151,12 +258,13 @@ def run_here(fn: Callable, args: tuple, kwargs: dict, models: list[nn.Module], r
             result = fn(*args, **kwargs)
     except Exception:
         if offlimits.hits():  # a tripwire's error, or what followed it, is not the learner's mistake
-            return Outcome(None, offlimits.hits(), [], [])
+            return Outcome(None, offlimits.hits(), [], [], [])
         raise
     changed = [i for i, copy in tensors
                if not torch.equal(args[i].detach(), copy) and not (args[i].isnan() & copy.isnan()).any()]
+    switched = [i for i, copy in tensors if args[i].requires_grad and not copy.requires_grad and not flags[i]]
     return Outcome(result, offlimits.hits(), [state_changes(b, model_state(m)) for b, m in zip(before, models)],
-                   changed)
+                   changed, switched)
 
 
 def call(name: str, fn: Callable, *args, models: Iterable[nn.Module] = (), **kwargs):
@@ -178,7 +286,12 @@ def call(name: str, fn: Callable, *args, models: Iterable[nn.Module] = (), **kwa
     for i in outcome.changed_arguments:
         raise AssertionError(f"your {name} changed its argument number {i + 1} in place; work on a copy "
                              "(e.g. tensor.clone()) or use out-of-place operations")
+    for i in outcome.grad_switched_arguments:
+        raise AssertionError(f"your {name} set requires_grad on its argument number {i + 1}, the caller's own "
+                             "tensor: differentiate with respect to a copy, x.detach().clone()"
+                             ".requires_grad_(True), and leave the argument as it was")
     return outcome.result
+
 
 
 def _advice(changes: list[str]) -> str:
@@ -189,8 +302,11 @@ def _advice(changes: list[str]) -> str:
     if any(".grad" in c for c in changes):
         return ("Calling .backward() adds into the parameters' .grad: use torch.autograd.grad(score, x), "
                 "or freeze the parameters while you work and restore them after.")
-    if any("mode" in c for c in changes):
+    if any("train/eval mode" in c for c in changes):
         return "Leave the model's train/eval mode as it was."
+    if any("setting" in c for c in changes):
+        return ("Put back every module setting you change (e.g. module.inplace), best in a `finally:` block, or "
+                "leave it alone.")
     return "Work on copies and leave the model as you found it."
 
 

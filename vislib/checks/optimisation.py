@@ -81,6 +81,14 @@ def _check_step(fn, case, lr: float, l2: float) -> None:
         "normalise the step: divide the gradient by its L2 norm, so that each step has length lr": lr * grad,
         "divide by the L2 norm (square root of the sum of squares), not by the mean absolute value":
             lr * grad / grad.abs().flatten(1).mean(1).view(-1, 1, 1, 1),
+        "divide by the L2 norm (square root of the sum of squares), not by the largest absolute value":
+            lr * grad / grad.abs().flatten(1).amax(1).view(-1, 1, 1, 1),
+        "the penalty is l2 * ||I||^2, the SUM of the squared pixels: yours takes their mean":
+            normalised(score_grad - 2 * l2 * image / image.numel()),
+        "the penalty is l2 * ||I||^2, the SUM of the squared pixels: yours takes their mean ":
+            normalised(score_grad - 2 * l2 * image / image[0].numel()),
+        "square the norm: the penalty is l2 * ||I||^2 (image.square().sum()), not l2 * ||I||":
+            normalised(score_grad - l2 * image / image.norm()),
         "divide each image's gradient by its own L2 norm, not by the norm of the whole batch's gradient":
             lr * grad / grad.norm(),
         "normalise the gradient of the whole objective (logit and penalty together), not the logit's alone":
@@ -254,15 +262,16 @@ def _fooling(model: nn.Module, x: torch.Tensor, target: int, step_size: float, m
 
 def _fooling_cases() -> list[tuple[str, nn.Module, torch.Tensor, int, float, int]]:
     """(label, model, x, target, step_size, max_steps): fooled after 6 and 5 steps; an image the model
-    already calls the target (0 steps); and one that ``max_steps`` stops first (it would take 6). Every
-    model is in eval mode; each ascent leaves [0, 1] on the way, so clamping matters, and the target's
+    already calls the target (0 steps); and one that ``max_steps`` stops first (it would take 6). The first
+    model is handed over in train mode (it has no BatchNorm: both modes compute the same), the others in
+    eval mode; each ascent leaves [0, 1] on the way, so clamping matters, and the target's
     logit margin stays at least 0.002 from 0 at every step, so rounding cannot change the step count."""
     with torch.random.fork_rng(devices=[]):
         def image(seed, *size):
             return torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(seed))
 
-        return [("inplace ReLUs, 8x12, target 3, step_size 1, max_steps 20",
-                 small_cnn(3, inplace=True, batchnorm=False), image(3, 8, 12), 3, 1.0, 20),
+        return [("inplace ReLUs, model in train mode, 8x12, target 3, step_size 1, max_steps 20",
+                 small_cnn(3, inplace=True, batchnorm=False).train(), image(3, 8, 12), 3, 1.0, 20),
                 ("BatchNorm, 8x12, target 2, step_size 2, max_steps 20",
                  small_cnn(12, inplace=False, batchnorm=True), image(12, 8, 12), 2, 2.0, 20),
                 ("an image the model already calls the target, 8x8, target 2, max_steps 20",

@@ -28,6 +28,18 @@ def _log_probability(model: nn.Module) -> nn.Module:
     return nn.Sequential(model, nn.LogSoftmax(dim=1))
 
 
+class _Scored(nn.Module):
+    """The model followed by another score of its logits, one column [B, 1]: what a mistake
+    differentiates instead of each image's target logit (explained as target 0)."""
+
+    def __init__(self, model: nn.Module, score):
+        super().__init__()
+        self.model, self.score = model, score
+
+    def forward(self, x):
+        return self.score(self.model(x))
+
+
 @exercise("saliency_map", "The max over colour channels of |d logit / d x|, per image and target, on 3 models "
                           "(inplace ReLUs, BatchNorm, a non-square batch, one image).")
 def saliency_map(fn) -> None:
@@ -35,13 +47,25 @@ def saliency_map(fn) -> None:
         got = call("saliency_map", fn, case.model, case.x, case.target, models=[case.model])
         grad = saliency.gradient(case.model, case.x, case.target)
         first = saliency.gradient(case.model, case.x, case.target[0].item())
+        log_probability = saliency.gradient(_log_probability(case.model), case.x, case.target).abs().amax(1)
         mistakes = {
+            LOGIT_NOT_PROBABILITY + ": yours is the gradient of the cross-entropy loss averaged over the batch":
+                log_probability / len(case.x),
+            "explain the given target class of each image, not the class the model predicts (argmax)":
+                saliency.gradient(case.model, case.x).abs().amax(1),
+            "differentiate each image's target logit, not the sum of all its class scores":
+                saliency.gradient(_Scored(case.model, lambda s: s.sum(1, keepdim=True)), case.x, 0).abs().amax(1),
+            "logits[:, target] is a B x B matrix (every image's score for every image's target): pick one score "
+            "per image, logits[i, target[i]], e.g. logits.gather(1, target[:, None])":
+                saliency.gradient(_Scored(case.model, lambda s, t=case.target: s[:, t].sum(1, keepdim=True)), case.x,
+                                  0).abs().amax(1),
+            "the saliency map is the gradient alone: multiplying it by the input gives another method "
+            "(gradient x input)": (grad * case.x).abs().amax(1),
             "take the absolute value of the gradient before the maximum over colour channels": grad.amax(1),
             "reduce the colour channels with the maximum, not the sum": grad.abs().sum(1),
             "reduce the colour channels with the maximum, not the mean": grad.abs().mean(1),
             LOGIT_NOT_PROBABILITY: saliency.gradient(_probability(case.model), case.x, case.target).abs().amax(1),
-            LOGIT_NOT_PROBABILITY + " ": saliency.gradient(_log_probability(case.model), case.x,
-                                                            case.target).abs().amax(1),
+            LOGIT_NOT_PROBABILITY + " ": log_probability,
             "one map per image [B,H,W]: take the maximum of |gradient| over the colour channels (dim 1)":
                 grad.abs(),
             EACH_OWN_TARGET: first.abs().amax(1),
@@ -62,6 +86,7 @@ def relu_backward(fn) -> None:
     active, positive = (h_in > 0).to(grad_out.dtype), grad_out.clamp(min=0)
     expected = {"backprop": grad_out * active, "deconvnet": positive, "guided": positive * active}
     at_zero = "at h_in == 0 the ReLU's gradient is 0: use the mask h_in > 0, not h_in >= 0"
+    own_rule = "each rule has its own backward pass: for rule={!r} yours gives the {} rule's gradient"
     not_abs = "keep the positive part of the gradient (max(grad_out, 0)), not its absolute value"
     mistakes = {
         "backprop": {at_zero: grad_out * (h_in >= 0),
@@ -77,8 +102,9 @@ def relu_backward(fn) -> None:
                    not_abs: grad_out.abs() * active},
     }
     for rule in RULES:
+        others = {own_rule.format(rule, other): expected[other] for other in RULES if other != rule}
         got = call("relu_backward", fn, h_in, grad_out, rule)
-        expect("relu_backward", got, expected[rule], mistakes[rule], what=f"gradient for rule={rule!r}")
+        expect("relu_backward", got, expected[rule], {**mistakes[rule], **others}, what=f"gradient for rule={rule!r}")
 
 
 WINDOW, STRIDE = 4, 2
@@ -95,6 +121,7 @@ def occlusion_map(fn) -> None:
 
         expected = occlusion(case.model, case.target)
         height, width = case.x.shape[-2:]
+        _last_window(got, expected, height, width)
         rows = saliency._window_cover(height, WINDOW, STRIDE, "cpu").sum(0).float()
         cols = saliency._window_cover(width, WINDOW, STRIDE, "cpu").sum(0).float()
         mistakes = {
@@ -104,11 +131,28 @@ def occlusion_map(fn) -> None:
                 expected * rows[:, None] * cols[None, :],
             LOGIT_NOT_PROBABILITY: occlusion(_probability(case.model), case.target),
             EACH_OWN_TARGET: occlusion(case.model, case.target[0].item()),
+            "hide the window with 0 (the baseline), not with the images' mean value":
+                saliency.occlusion(case.model, case.x, case.target, window=WINDOW, stride=STRIDE,
+                                   baseline=case.x.mean().item(), progress=False),
             "hide the window with 0 (the baseline) in all colour channels, not only the first one":
                 saliency.occlusion(case.model, case.x, case.target, window=WINDOW, stride=STRIDE,
                                    baseline=_first_channel_only(case.x), progress=False),
         }
         expect("occlusion_map", got, expected, mistakes, what=f"map ({case.label})")
+
+
+def _last_window(got, expected: torch.Tensor, height: int, width: int) -> None:
+    """The hint for a loop that stops one window early (range(0, size - window, stride)): no window
+    covers the last rows or columns, so their count is 0 and the average 0 / 0 is NaN."""
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape or torch.isfinite(got).all():
+        return
+    rows = torch.arange(height) >= max(range(0, height - WINDOW, STRIDE), default=-STRIDE) + WINDOW
+    cols = torch.arange(width) >= max(range(0, width - WINDOW, STRIDE), default=-STRIDE) + WINDOW
+    if torch.equal(~torch.isfinite(got), (rows[:, None] | cols[None, :]).expand_as(got)):
+        raise AssertionError(f"your occlusion_map gives NaN in the last rows or columns: no window covered them "
+                             f"(0 / 0). Let the loop reach the last window: range(0, height - window + 1, stride), "
+                             f"the +1 included ({WINDOW}x{WINDOW} windows, stride {STRIDE}, images of "
+                             f"{height}x{width})")
 
 
 def _first_channel_only(x: torch.Tensor) -> torch.Tensor:

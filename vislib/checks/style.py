@@ -81,10 +81,14 @@ def gram_matrix(fn) -> None:
             "divide by C*H*W when normalize=True": plain,
             f"divide by C*H*W, not by H*W only (yours is C = {c} times too large)": plain / (h * w),
             "divide by C*H*W, not by C only": plain / c,
+            "divide by C*H*W, not by C*C": plain / (c * c),
+            "divide each image's Gram by C*H*W, not by B*C*H*W: the batch size plays no part": plain / (b * scale),
             "reshape to [B, C, H*W] (features.reshape(B, C, -1)); a reshape to [B, H*W, C] does not move the "
             "channels last, it mixes channels and positions": mixed.transpose(1, 2) @ mixed / scale,
             batch + "one Gram for the whole batch mixes the images": one_for_all / scale,
             batch + "a reshape to [C, B*H*W] mixes images and channels": scrambled_for_all / scale,
+            "don't subtract the mean: the Gram matrix is F F^T of the features themselves; centring them first "
+            "gives the covariance": style.gram_matrix(features - features.mean(dim=(2, 3), keepdim=True)),
         }
         label = f"features of shape {list(shape)}"
         got = call("gram_matrix", fn, features)
@@ -121,6 +125,8 @@ def content_loss(fn) -> None:
             NOT_ABSOLUTE: difference.abs().sum() / target.abs().sum(),
             "numerator and denominator must both be sums (or both means): yours mixes a mean with a sum":
                 difference.square().mean() / target.square().sum(),
+            "this is Gatys et al.'s 1/2 * sum (F - P)^2: this assignment's content loss divides the summed squared "
+            "difference by the target's squared norm ||P||^2, and has no 1/2": difference.square().sum() / 2,
         }
         expect("content_loss", got, expected, mistakes, what=f"loss (feature maps {list(shape)})")
         _differentiable("content_loss", fn, features, target)
@@ -159,7 +165,11 @@ def style_loss(fn) -> None:
         return sum(values) / len(values)
 
     squared = per_layer(lambda g, a: (g - a).square().sum())
+    mse = ("divide each layer's summed squared difference by ||A_l||^2, the target Gram's squared norm, not by the "
+           "number of elements (F.mse_loss is the mean squared error)")
     mistakes = {
+        mse: mean(per_layer(lambda g, a: (g - a).square().mean())),
+        mse + " ": sum(per_layer(lambda g, a: (g - a).square().mean())),
         f"average over the layers (divide by their number, {len(grams)}), not their sum": expected * len(grams),
         "divide each layer's squared difference by ||A_l||^2, the target Gram's squared norm": mean(squared),
         "divide by the target Gram's ||A_l||^2, not by your image's own ||G_l||^2":
@@ -221,6 +231,17 @@ def tv_loss(fn) -> None:
 # --------------------------------------------------------------------------- texture_synthesis
 
 
+def _same_texture_again(fn, net, texture: torch.Tensor, got: torch.Tensor) -> None:
+    """The notebook asks for noise from a fixed seed: a second run, with the global random state moved
+    on (the check's own, restored afterwards), must give the same texture."""
+    torch.manual_seed(torch.initial_seed() + 1)
+    again = call("texture_synthesis", fn, net, texture, TEXTURE_LAYERS, TEXTURE_STEPS, models=[net])
+    if not isinstance(again, torch.Tensor) or not torch.allclose(again.detach(), got, rtol=1e-4, atol=1e-5):
+        raise AssertionError("your texture_synthesis gives a different texture each time: draw the starting noise "
+                             "from a fixed seed, torch.rand(style_image.shape, "
+                             "generator=torch.Generator().manual_seed(0))")
+
+
 def _stripes(size: int = 32) -> torch.Tensor:
     """A small texture [1,3,S,S] in [0, 1]: coloured diagonal stripes with a little noise."""
     rows, cols = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
@@ -230,18 +251,23 @@ def _stripes(size: int = 32) -> torch.Tensor:
 
 
 @exercise("texture_synthesis", f"from noise, {TEXTURE_STEPS} steps lower the style loss of a 32x32 texture "
-                               f"below {ENOUGH:.0%} of random noise's, without copying it or changing the network.")
+                               f"below {ENOUGH:.0%} of random noise's, without copying it or changing the network, "
+                               "and give the same texture again.")
 def texture_synthesis(fn) -> None:
     net = style.vgg19_features.__wrapped__(False, seed=0, last=TEXTURE_LAYERS[-1])  # a fresh copy, not the cached one
     texture = _stripes()
     got = call("texture_synthesis", fn, net, texture, TEXTURE_LAYERS, TEXTURE_STEPS, models=[net])
     returned_tensor("texture_synthesis", got, texture.shape, why=", an image the size of the style image")
+    if got.requires_grad:
+        raise AssertionError("your texture_synthesis returns an image that still requires grad: return "
+                             "image.detach(), the pixels without their optimiser's graph")
     got = got.detach()
     if not torch.isfinite(got).all():
         raise AssertionError("your texture_synthesis returns NaN or infinite pixels: lower the learning rate")
     if got.min() < 0 or got.max() > 1:
         raise AssertionError(f"your texture_synthesis returns pixels in [{got.min():.2f}, {got.max():.2f}]: clamp them "
                              "to [0, 1] after each step (inside torch.no_grad(), image.clamp_(0, 1))")
+    _same_texture_again(fn, net, texture, got)
     correlation = torch.corrcoef(torch.stack([got.flatten(), texture.flatten()]))[0, 1].item()
     if correlation > 0.9:
         raise AssertionError(f"your texture is a copy of the style image (pixel correlation {correlation:.2f}): start "

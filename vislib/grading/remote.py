@@ -177,7 +177,8 @@ class RemoteFunction:
                                error.get("line_number"))
         return Outcome(wire.restore(reply.get("result")), [str(h) for h in reply.get("off_limits", ())],
                        [[str(c) for c in changes] for changes in reply.get("model_changes", ())],
-                       [int(i) for i in reply.get("changed_arguments", ())])
+                       [int(i) for i in reply.get("changed_arguments", ())],
+                       [int(i) for i in reply.get("grad_switched_arguments", ())])
 
     def __call__(self, *args, **kwargs):
         """A call from inside a check (not through ``harness.call``): the result, or the error."""

@@ -143,7 +143,8 @@ def _call(message: dict, namespace: dict) -> dict:
         return {"error": _describe(error)}
     return {"result": wire.portable(outcome.result), "off_limits": [str(h) for h in outcome.off_limits],
             "model_changes": [[str(c) for c in changes] for changes in outcome.model_changes],
-            "changed_arguments": [int(i) for i in outcome.changed_arguments]}
+            "changed_arguments": [int(i) for i in outcome.changed_arguments],
+            "grad_switched_arguments": [int(i) for i in outcome.grad_switched_arguments]}
 
 
 def _describe(error: BaseException) -> dict:
