@@ -23,8 +23,8 @@ test: lint unit notebooks  ## ruff, the unit tests, then every notebook top to b
 lint: setup
 	$(BIN)/ruff check vislib tests notebooks benchmarks book assignments/source
 
-unit: setup
-	$(BIN)/pytest tests
+unit: setup  ## the unit tests on both cores (a file's tests stay together: its fixtures are made once)
+	$(BIN)/pytest -n 2 --dist loadfile tests
 
 # The models of the notebooks' ImageNet sections (`pretrained_available("...")`; a unit test keeps the list whole).
 IMAGENET_MODELS   := resnet18 vgg16 resnet50 vgg19
@@ -76,7 +76,7 @@ clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache
 
 # --- the course site and the browser checks ----------------------------------------------------
-.PHONY: browser-deps test-browser book check-book
+.PHONY: browser-deps test-browser book check-book check-feedback
 CHROMIUM        ?= /usr/bin/chromium
 BROWSER_LIMIT_S ?= 420
 
@@ -93,3 +93,6 @@ book: setup  ## run every notebook and render the course site in build/site/ (nb
 
 check-book: browser-deps  ## open build/site in headless Chromium, network off: every page shows its figures and typesets its formulas
 	$(BIN)/pytest -p no:cacheprovider -s tests/browser/check_site.py
+
+check-feedback: browser-deps  ## grade one submission, open its feedback page in headless Chromium, network off: formulas drawn
+	$(BIN)/pytest -p no:cacheprovider -s tests/browser/check_feedback.py

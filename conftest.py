@@ -1,12 +1,15 @@
-"""The notebook time budget: under `pytest --nbval-lax notebooks`, each notebook must run top to
-bottom (kernel start included) within VISLIB_NOTEBOOK_BUDGET_S seconds (default 60)."""
+"""Notebook run times: under `pytest --nbval-lax notebooks`, each notebook's time (kernel start
+included) is reported against its 60 s target. `make test` only reports it: a slow laptop is not a
+failure. `make bench` enforces the target on a quiet machine, and `.ci/run` sets
+VISLIB_NOTEBOOK_GUARD_S, a wide regression guard over which a notebook fails."""
 
 import os
 from collections import defaultdict
 
 import pytest
 
-BUDGET_S = float(os.environ.get("VISLIB_NOTEBOOK_BUDGET_S", "60"))
+TARGET_S = 60.0
+GUARD_S = float(os.environ["VISLIB_NOTEBOOK_GUARD_S"]) if os.environ.get("VISLIB_NOTEBOOK_GUARD_S") else None
 _seconds = defaultdict(float)
 
 
@@ -21,12 +24,15 @@ def pytest_terminal_summary(terminalreporter):
         return
     terminalreporter.section("notebook run times")
     for path, seconds in sorted(_seconds.items()):
-        flag = "" if seconds <= BUDGET_S else f"  OVER the {BUDGET_S:.0f} s budget"
+        flag = f"  over the {TARGET_S:.0f} s target (make bench measures it on a quiet machine)" \
+            if seconds > TARGET_S else ""
+        if GUARD_S is not None and seconds > GUARD_S:
+            flag = f"  OVER the {GUARD_S:.0f} s regression guard"
         terminalreporter.write_line(f"{seconds:6.1f} s  {path}{flag}")
     terminalreporter.write_line(f"{sum(_seconds.values()):6.1f} s  all notebooks")
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session):
-    if any(seconds > BUDGET_S for seconds in _seconds.values()) and session.exitstatus == 0:
+    if GUARD_S is not None and any(s > GUARD_S for s in _seconds.values()) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,5 +1,5 @@
 """nbgrader's settings for the course's assignments: this folder is the course directory, the
-gradebook is a local sqlite file, and nothing needs a server or the network.
+gradebook is a local sqlite file, and nothing needs a server or the network (feedback included).
 
 Autograding is vislib's trusted grading (vislib/grading/autograde.py): test cells are graded
 outside the learner's kernel, a hung or crashing cell is stopped and the rest still graded, and
@@ -12,6 +12,7 @@ from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Clea
                                     IgnorePattern, LimitOutput, OverwriteKernelspec, SaveAutoGrades)
 
 from vislib.grading.autograde import CheckedOverwriteCells, TrustedExecute
+from vislib.grading.feedback import FeedbackExporter
 
 c = get_config()  # noqa: F821 (nbgrader provides it)
 
@@ -27,5 +28,8 @@ c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKern
                                       CheckCellMetadata]
 c.Autograde.autograde_preprocessors = [TrustedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
                                        SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
-c.TrustedExecute.timeout = 60  # seconds per cell; the slowest honest cell takes a few
-c.TrustedExecute.submission_timeout = 360
+c.TrustedExecute.timeout = 30  # seconds per cell and per call of a learner's function (honest ones: a few)
+c.TrustedExecute.submission_timeout = 300  # seconds per notebook
+
+# Feedback pages draw their formulas as MathML: no MathJax from a CDN, one self-contained file.
+c.GenerateFeedback.exporter_class = FeedbackExporter

@@ -34,13 +34,13 @@ import time
 from pathlib import Path
 
 import jinja2
-import jupyter_server_mathjax
 import nbconvert
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from PIL import Image
 
+from vislib import mathjax
 from vislib.widgets import EXPLORER_CLASS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,13 +53,6 @@ TITLE = "Seeing inside convolutional networks"
 INTRO = ("A hands-on course on CNN visualisation: what the hidden layers compute, which pixels a decision "
          "rests on, what a unit wants to see, and how to check an explanation. Each notebook below was run "
          "top to bottom to make this site; the course map runs in lecture order.")
-# MathJax 2 as jupyter-server-mathjax ships it: TeX input, HTML-CSS output with the STIX-Web fonts (the
-# only web fonts there) and the TeX extensions MathJax loads on demand; not its SVG output, its
-# accessibility extensions (3.7 MB) or its translations.
-MATHJAX = Path(jupyter_server_mathjax.__file__).parent / "static"
-MATHJAX_FILES = ("LICENSE", "MathJax.js", "config/TeX-AMS-MML_HTMLorMML-full.js", "config/Safe.js", "extensions",
-                 "jax/input/TeX", "jax/element", "jax/output/HTML-CSS", "fonts/HTML-CSS/STIX-Web/woff")
-MATHJAX_URL = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
 STATIC_EXPLORER_NOTE = ("Interactive explorer{drawn}. Run the notebook in JupyterLab (<code>make lab</code>) to "
                         "change its controls.")
 
@@ -190,21 +183,10 @@ def thumbnail(png_base64: str, path: Path):
     image.save(path)
 
 
-def copy_mathjax(out: Path):
-    """MATHJAX_FILES into out/mathjax/: the pages load MathJax from there, never from the network."""
-    for name in MATHJAX_FILES:
-        source, target = MATHJAX / name, out / "mathjax" / name
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("a11y"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, target)
-
-
 def page_exporter() -> nbconvert.HTMLExporter:
     """nbconvert's HTML exporter with the course template, figures embedded, MathJax from the site itself."""
     return nbconvert.HTMLExporter(template_name="course", extra_template_basedirs=[str(TEMPLATES)],
-                                  embed_images=True, mathjax_url=MATHJAX_URL)
+                                  embed_images=True, mathjax_url=mathjax.URL)
 
 
 def render_page(notebook, exporter, title: str, previous: dict | None, following: dict | None) -> str:
@@ -228,7 +210,7 @@ def build(paths: list[Path], out: Path, timeout: int) -> list[dict]:
     for task in tasks:
         shutil.copy(ROOT / task["path"], out / task["download"])
     shutil.copy(TEMPLATES / "course.css", out / "course.css")
-    copy_mathjax(out)
+    mathjax.install(out)
     entries, executed = [], []
     failures, course = [], {}
     for path in paths:

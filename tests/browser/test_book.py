@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 
+from vislib import mathjax
 from vislib.widgets import EXPLORER_CLASS, PLOT_CLASS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,10 +82,10 @@ def test_pages_load_mathjax_from_the_site_not_from_the_network(tmp_path):
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_markdown_cell("# CAM\n\n$$\\alpha_k^c = \\frac{1}{Z} \\sum_{i,j} A^k_{ij}$$")]
     html = build.render_page(notebook, build.page_exporter(), "CAM", None, None)
-    build.copy_mathjax(tmp_path)
-    assert re.findall(r"<script[^>]*\bsrc=\"([^\"]*)\"", html) == [build.MATHJAX_URL]
+    mathjax.install(tmp_path)
+    assert re.findall(r"<script[^>]*\bsrc=\"([^\"]*)\"", html) == [mathjax.URL]
     assert not re.search(r"(src|href)=\"(https?:)?//", html)
-    script, config = re.fullmatch(r"([^?]+)\?config=([^,]+),Safe", build.MATHJAX_URL).groups()
+    script, config = re.fullmatch(r"([^?]+)\?config=([^,]+),Safe", mathjax.URL).groups()
     assert (tmp_path / script).is_file() and (tmp_path / "mathjax" / "config" / f"{config}.js").is_file()
 
 

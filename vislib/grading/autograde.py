@@ -126,8 +126,8 @@ def _error(name: str, message: str) -> NotebookNode:
 class TrustedExecute(Execute):
     """Run the notebook for the feedback page in a confined kernel; grade test cells apart."""
 
-    timeout = Integer(60, help="Seconds a cell (or one call of a learner's function) may run.").tag(config=True)
-    submission_timeout = Integer(360, help="Seconds a whole notebook may run.").tag(config=True)
+    timeout = Integer(30, help="Seconds a cell (or one call of a learner's function) may run.").tag(config=True)
+    submission_timeout = Integer(300, help="Seconds a whole notebook may run.").tag(config=True)
     memory_limit = Integer(8 * 2**30, help="Bytes of address space for the kernel and the runner.").tag(config=True)
     interrupt_on_timeout = Bool(False, help="A hung cell is killed, not interrupted: it may ignore Ctrl-C.")
     shutdown_kernel = Unicode("immediate")
@@ -139,7 +139,6 @@ class TrustedExecute(Execute):
         self._root = _course_root(self)
         self._resources = resources
         self._started = time.monotonic()
-        self._stopped: set[int] = set()
         self._executed: list[int] = []
         self._scratch = tempfile.mkdtemp(prefix="vislib-grading-")
         self._log = os.path.join(self._scratch, "refused.txt")
@@ -149,7 +148,7 @@ class TrustedExecute(Execute):
                         and not utils.is_solution(c) and c.source in release]
         learner = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code" and not is_test_cell(c)
                    and (utils.is_solution(c) or c.source not in release)]
-        self._scan(learner, nb)
+        self._scan(learner)
         self._runner = remote.Runner(
             cells=[(-1, _import_lines(course_cells))] + [(i, c.source) for i, c in learner],
             checks=[check for pairs in self._tests.values() for check, _ in pairs],
@@ -167,7 +166,8 @@ class TrustedExecute(Execute):
     def create_kernel_manager(self):
         km = super().create_kernel_manager()
         km._kernel_spec = KernelSpec(
-            argv=[sys.executable, "-m", "vislib.grading.kernel", "-f", "{connection_file}"],
+            argv=[sys.executable, "-m", "vislib.grading.kernel", "-f", "{connection_file}",
+                  "--IPKernelApp.log_level=ERROR"],
             display_name="vislib grading", language="python",
             env={"VISLIB_GRADING_LOG": self._log, "VISLIB_GRADING_MEMORY": str(self.memory_limit),
                  "PYTHONWARNINGS": "ignore"})
@@ -194,26 +194,25 @@ class TrustedExecute(Execute):
             why = (f"ran over its {self.timeout} s limit and was stopped" if isinstance(stop, CellTimeoutError)
                    else "ended the kernel (an exit, a crash, or memory ran out)")
             cell.outputs.append(_error(type(stop).__name__, f"this cell {why}; the notebook went on without it"))
-            self._stopped.add(index)
             self._note(cell, index, "failure", f"the cell {why}")
             self._restart_kernel()
         return cell, self.resources
 
     def _restart_kernel(self) -> None:
         """A new kernel, with the cells that ran so far run again (quietly)."""
-        self._cleanup_kernel()
-        self.km = self.create_kernel_manager()
-        self.start_new_kernel()
-        self.start_new_kernel_client()
+        self._new_kernel()
         for index in self._executed:
             quiet = NotebookNode(cell_type="code", source=self.nb.cells[index].source, metadata={}, outputs=[])
             try:
                 self.execute_cell(quiet, index, store_history=False)
-            except (CellTimeoutError, DeadKernelError):
-                self._cleanup_kernel()
-                self.km = self.create_kernel_manager()
-                self.start_new_kernel()
-                self.start_new_kernel_client()
+            except (CellTimeoutError, DeadKernelError):  # it ran before: go on without it
+                self._new_kernel()
+
+    def _new_kernel(self) -> None:
+        self._cleanup_kernel()  # kills the old kernel (shutdown_kernel is "immediate")
+        self.km = self.create_kernel_manager()
+        self.start_new_kernel()
+        self.start_new_kernel_client()
 
     # ------------------------------------------------------------------ grading, in this process
 
@@ -223,23 +222,25 @@ class TrustedExecute(Execute):
         from vislib import checks
         from vislib.grading.remote import RemoteFunction
 
-        outputs, printed = [], io.StringIO()
-        for check, function in self._tests[index]:
-            try:
+        printed = io.StringIO()
+        try:
+            for check, function in self._tests[index]:
                 with contextlib.redirect_stdout(printed), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                    warnings.simplefilter("ignore")  # the checks' words only: a warning costs no point
                     getattr(checks, check)(RemoteFunction(self._runner, function), strict=True)
-            except AssertionError as failure:
-                outputs.append(_stream(printed.getvalue()))
-                return [o for o in outputs if o.text] + [_error(type(failure).__name__, str(failure))]
-            except Exception as failure:  # noqa: BLE001 (a grader failure is a failed check, and reported)
-                self._note(self.nb.cells[index], index, "failure", f"the grader failed: {failure!r}")
-                return [_error("GraderError", f"the grader could not check this cell: {failure!r}")]
-        return [_stream(printed.getvalue())]
+        except AssertionError as failure:
+            failed = _error(type(failure).__name__, str(failure))
+        except Exception as failure:  # noqa: BLE001 (a grader failure is a failed check, and reported)
+            self._note(self.nb.cells[index], index, "failure", f"the grader failed: {failure!r}")
+            failed = _error("GraderError", f"the grader could not check this cell: {failure!r}")
+        else:
+            return [_stream(printed.getvalue())]
+        return ([_stream(printed.getvalue())] if printed.getvalue() else []) + [failed]
 
     # ------------------------------------------------------------------ the report
 
-    def _scan(self, learner: list, nb) -> None:
+    def _scan(self, learner: list) -> None:
+        """Flag the learner's cells that take a route into the grader (see ``integrity``)."""
         from vislib import checks  # (imported here: vislib.checks brings torch, which nbgrader's other commands
         from vislib.checks.harness import off_limits_of  # do not need)
         from vislib.grading.integrity import scan
@@ -255,6 +256,8 @@ class TrustedExecute(Execute):
             if run.stopped:
                 self._note(self.nb.cells[index] if index >= 0 else None, index, "failure",
                            f"in the grader's runner this cell {run.stopped}")
+        for stopped in self._runner.stopped_calls:
+            self._note(None, -1, "failure", f"a check's call of {stopped}")
         refused = set(self._runner.refused)
         if os.path.exists(self._log):
             refused |= set(Path(self._log).read_text().splitlines())

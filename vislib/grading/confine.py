@@ -101,6 +101,8 @@ def confine(rules: Rules, memory_bytes: int | None = None, cpu_seconds: int | No
             os.write(log_fd, (what + "\n").encode(errors="replace"))
         raise PermissionError(f"the grader does not allow this: {what}")
 
+    rules.readable += (f"/proc/{os.getpid()}",)  # what /proc/self names, spelt with the number
+
     def hook(event: str, args: tuple) -> None:
         if event == "open":
             path, mode, flags = (tuple(args) + (None, None))[:3]

@@ -75,6 +75,7 @@ class Runner:
     cpu_seconds: int | None = None
     runs: dict[int, CellRun] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)
+    stopped_calls: list[str] = field(default_factory=list)  # "name: why", for the report
     restarts: int = 0
     _pid: int | None = None
     _sock: socket.socket | None = None
@@ -127,8 +128,9 @@ class Runner:
         self._start()
         try:
             return self._ask({"op": "call", "name": name, "args": args, "kwargs": kwargs, "models": models})
-        except RunnerGone:
+        except RunnerGone as gone:
             self.restarts += 1
+            self.stopped_calls.append(f"{name}: {gone}")
             raise
 
     def close(self) -> None:
