@@ -3,13 +3,16 @@ shut (new processes, sockets, ctypes, the garbage collector's object lists, the 
 
 The rules are an audit hook (PEP 578): once added it cannot be removed, and it sees every file
 Python opens, every import and every process it would start. It is not a sandbox against native
-code (hence ctypes is shut), but it keeps a learner's Python from reading other learners' work,
-the course's solutions or the gradebook, and from reaching code that the grader forbids. Limits
+code: ctypes stays open to the libraries that use it (threadpoolctl, torch) and shut to code that
+is not a library's, and code objects cannot be forged to pass for a library's. It keeps a
+learner's Python from reading other learners' work, the course's solutions or the gradebook, and
+from reaching code that the grader forbids. Limits
 on memory and CPU time come from the kernel (``resource``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import sys
@@ -28,6 +31,7 @@ _PATH_CHANGES = ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "
                  "os.link", "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "os.setxattr",
                  "os.removexattr")
 _LISTINGS = ("os.listdir", "os.scandir")
+_CTYPES = os.path.dirname(ctypes.__file__) + "/"
 
 
 @dataclass
@@ -76,6 +80,18 @@ def peer_folders() -> tuple[str, ...]:
     return tuple(folder for name in PEER_LIBRARIES if (folder := package_folder(name)))
 
 
+def _library_caller(libraries: tuple[str, ...]) -> bool:
+    """Whether the code that called into ctypes or ``compile`` (the innermost frame outside ctypes
+    and this module) is an installed library's or the import system's, not a learner's cell."""
+    frame = sys._getframe(2)
+    while frame is not None and (frame.f_code.co_filename.startswith(_CTYPES) or frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    if frame is None:
+        return False
+    name = frame.f_code.co_filename
+    return name.startswith("<frozen ") or _under(_real(name), libraries)
+
+
 def _writes(mode, flags) -> bool:
     if isinstance(mode, str) and any(c in mode for c in "wax+"):
         return True
@@ -102,6 +118,7 @@ def confine(rules: Rules, memory_bytes: int | None = None, cpu_seconds: int | No
         raise PermissionError(f"the grader does not allow this: {what}")
 
     rules.readable += (f"/proc/{os.getpid()}",)  # what /proc/self names, spelt with the number
+    libraries = python_roots()
 
     def hook(event: str, args: tuple) -> None:
         if event == "open":
@@ -120,7 +137,16 @@ def confine(rules: Rules, memory_bytes: int | None = None, cpu_seconds: int | No
         elif event == "ctypes.dlopen":  # libraries load their own shared objects (torch does on import)
             if args and args[0] is not None and not rules.may_read(_real(args[0])):
                 refuse(f"loading {args[0]}")
-        elif event.startswith("ctypes.") or event.startswith(_SHUT):
+        elif event.startswith("ctypes."):  # threadpoolctl and torch call C through ctypes; a learner may not
+            if not _library_caller(libraries):
+                refuse(event)
+        elif event == "compile" and len(args) > 1 and isinstance(args[1], str) and args[1].startswith("/"):
+            # code that claims a library's file as its own would pass for library code above
+            if _under(_real(args[1]), libraries) and not _library_caller(libraries):
+                refuse(f"compiling code as {args[1]}")
+        elif event == "code.__new__" and not _library_caller(libraries):
+            refuse("building a code object")
+        elif event.startswith(_SHUT):
             refuse(event)
         elif event in _PATH_CHANGES:
             for path in args[:2]:

@@ -26,11 +26,12 @@ def main() -> None:
     import torchvision  # noqa: F401 (every assignment needs torch: load it unconfined, like the runner's zygote)
     from ipykernel.kernelapp import IPKernelApp
 
+    from vislib.models import DATA_DIR
+
     app = IPKernelApp.instance()
     app.initialize(sys.argv[1:])
-    vislib_folder = confine.package_folder("vislib")
-    weights_folder = os.path.join(os.path.dirname(vislib_folder), "data")
-    rules = confine.Rules(readable=(*confine.python_roots(), *confine.SYSTEM_ROOTS, vislib_folder, weights_folder),
+    rules = confine.Rules(readable=(*confine.python_roots(), *confine.SYSTEM_ROOTS, confine.package_folder("vislib"),
+                                    str(DATA_DIR)),
                           writable=(os.path.realpath(os.getcwd()), scratch))
     log = os.environ.get("VISLIB_GRADING_LOG")
     log_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if log else None

@@ -33,6 +33,9 @@ from vislib.grading import confine, wire
 
 def main(control_fd: int) -> None:
     """The zygote: import what the runners need, then fork a runner per ``spawn`` request."""
+    os.environ["MPLBACKEND"] = "Agg"  # a learner's plotting cell draws nowhere here
+    import matplotlib.pyplot  # noqa: F401 (its font cache is read now, while the files may be read)
+
     import vislib.checks  # noqa: F401 (the checks' modules and, through them, vislib's)
 
     control = socket.socket(fileno=control_fd)
@@ -81,7 +84,10 @@ def _runner(sock: socket.socket, request: dict) -> None:
         if module.split(".")[0] == "vislib":
             _try_import(module)
     hidden = tuple(filter(None, [confine.package_folder("vislib"), *confine.peer_folders()]))
-    rules = confine.Rules(readable=confine.python_roots() + confine.SYSTEM_ROOTS, writable=(folder,), hidden=hidden)
+    from vislib.models import DATA_DIR  # ShapesNet's weights: a learner's cell may load the course model
+
+    rules = confine.Rules(readable=confine.python_roots() + confine.SYSTEM_ROOTS + (str(DATA_DIR),),
+                          writable=(folder,), hidden=hidden)
     confine.confine(rules, memory_bytes=request.get("memory_bytes"), cpu_seconds=request.get("cpu_seconds"))
     namespace = {"__name__": "__main__", "get_ipython": _NoShell}
     cells = 0
