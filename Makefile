@@ -30,15 +30,17 @@ unit: setup  ## the unit tests on both cores (a file's tests stay together: its 
 IMAGENET_MODELS   := resnet18 vgg16 resnet50 vgg19
 IMAGENET_NOTEBOOKS = $(shell grep -l pretrained_available notebooks/*.ipynb)
 
-# Two passes. First every notebook, and every assignment with its solutions, as a learner without
-# ImageNet weights runs it (an empty torch cache). Then the notebooks with an ImageNet section, in a temporary torch cache (about 1.3 GB,
+# Two passes, each on both cores. First every notebook as a learner without ImageNet weights runs it
+# (an empty torch cache; the assignments' solutions run top to bottom in tests/test_assignments.py, which
+# grades them). Then the notebooks with an ImageNet section, in a temporary torch cache (about 1.3 GB,
 # removed afterwards) holding your cached ImageNet weights where you have them, else seeded random
 # stand-ins that the loader accepts only because VISLIB_STAND_IN_WEIGHTS lists their full sha256.
-notebooks: setup  ## nbval: every cell runs without error, ImageNet sections too; each notebook in 60 s
+notebooks: setup  ## nbval: every cell runs without error, ImageNet sections too; run times reported
 	home=$$(mktemp -d) && trap 'rm -rf "$$home"' EXIT && \
-	TORCH_HOME="$$home/empty" $(BIN)/pytest --nbval-lax notebooks assignments/source && \
+	TORCH_HOME="$$home/empty" $(BIN)/pytest -n 2 --dist loadfile --nbval-lax notebooks && \
 	stand_ins=$$($(BIN)/python -m vislib.models test-cache "$$home/imagenet" $(IMAGENET_MODELS)) && \
-	TORCH_HOME="$$home/imagenet" VISLIB_STAND_IN_WEIGHTS="$$stand_ins" $(BIN)/pytest --nbval-lax $(IMAGENET_NOTEBOOKS)
+	TORCH_HOME="$$home/imagenet" VISLIB_STAND_IN_WEIGHTS="$$stand_ins" $(BIN)/pytest -n 2 --dist loadfile --nbval-lax \
+		$(IMAGENET_NOTEBOOKS)
 
 # --- assignments: nbgrader, offline, with a local sqlite gradebook ----------------------------------
 # nbgrader calls `alembic` by name, so the venv's bin/ goes first on PATH. COURSE is the course folder;
