@@ -23,8 +23,11 @@ test: lint unit notebooks  ## ruff, the unit tests, then every notebook top to b
 lint: setup
 	$(BIN)/ruff check vislib tests notebooks benchmarks book assignments/source
 
+# Tests run two at a time, one thread each: two processes of two threads on two cores wait for each other.
+PARALLEL := OMP_NUM_THREADS=1
+
 unit: setup  ## the unit tests on both cores (a file's tests stay together: its fixtures are made once)
-	$(BIN)/pytest -n 2 --dist loadfile tests
+	$(PARALLEL) $(BIN)/pytest -n 2 --dist loadfile tests
 
 # The models of the notebooks' ImageNet sections (`pretrained_available("...")`; a unit test keeps the list whole).
 IMAGENET_MODELS   := resnet18 vgg16 resnet50 vgg19
@@ -37,9 +40,9 @@ IMAGENET_NOTEBOOKS = $(shell grep -l pretrained_available notebooks/*.ipynb)
 # stand-ins that the loader accepts only because VISLIB_STAND_IN_WEIGHTS lists their full sha256.
 notebooks: setup  ## nbval: every cell runs without error, ImageNet sections too; run times reported
 	home=$$(mktemp -d) && trap 'rm -rf "$$home"' EXIT && \
-	TORCH_HOME="$$home/empty" $(BIN)/pytest -n 2 --dist loadfile --nbval-lax notebooks && \
+	TORCH_HOME="$$home/empty" $(PARALLEL) $(BIN)/pytest -n 2 --dist loadfile --nbval-lax notebooks && \
 	stand_ins=$$($(BIN)/python -m vislib.models test-cache "$$home/imagenet" $(IMAGENET_MODELS)) && \
-	TORCH_HOME="$$home/imagenet" VISLIB_STAND_IN_WEIGHTS="$$stand_ins" $(BIN)/pytest -n 2 --dist loadfile --nbval-lax \
+	TORCH_HOME="$$home/imagenet" VISLIB_STAND_IN_WEIGHTS="$$stand_ins" $(PARALLEL) $(BIN)/pytest -n 2 --dist loadfile --nbval-lax \
 		$(IMAGENET_NOTEBOOKS)
 
 # --- assignments: nbgrader, offline, with a local sqlite gradebook ----------------------------------

@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm, trange
 
 from vislib.conventions import as_batch, as_logits, model_device, model_dtype, resolve_target
@@ -381,6 +380,8 @@ def visualize(model: nn.Module, objective: Objective, size: int = 64, steps: int
 
     for step in trange(steps, desc="visualize", disable=not progress, leave=False):
         if blur_every and step > 0 and step % blur_every == 0:
+            from torchvision.transforms.functional import gaussian_blur  # here: torchvision takes 2 s to import
+
             image.set_rgb(gaussian_blur(image.rgb().detach(), blur_kernel, blur_sigma))
         rgb = image.rgb()
         score = _evaluate(model, space.to_input(_random_transform(rgb, gen, jitter, scale, rotate)),

@@ -23,7 +23,7 @@ def main() -> None:
     os.environ.update(TMPDIR=scratch, TORCHINDUCTOR_CACHE_DIR=scratch)
     tempfile.tempdir = scratch
     import matplotlib.font_manager  # noqa: F401 (reads or builds the font cache while that is allowed)
-    import torchvision  # noqa: F401 (every assignment needs torch: load it unconfined, like the runner's zygote)
+    import torch  # noqa: F401 (every assignment needs it: load it unconfined, like the runner's zygote)
     from ipykernel.kernelapp import IPKernelApp
 
     from vislib.models import DATA_DIR
