@@ -126,7 +126,7 @@ IN_MAKE_TEST = ("warns", "partial", "patches_checks", "ipython_machinery", "visl
 def _solution(cell: dict) -> str:
     """A solution cell's code without nbgrader's markers."""
     source = "".join(cell["source"])
-    return re.sub(r"[ \t]*### (BEGIN|END) SOLUTION\n", "", source)
+    return re.sub(r"[ \t]*### (BEGIN|END) SOLUTION\n?", "", source)
 
 
 def notebook(name: str, course: Path) -> dict:
