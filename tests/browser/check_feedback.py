@@ -13,8 +13,8 @@ import subprocess
 from playwright.sync_api import sync_playwright
 
 from tests import grading_course
-from tests.browser.check_site import LOCAL, ROOT, SHOTS, formulas_in_sources
-from tests.browser.chromium import launch
+from tests.browser.check_site import ROOT, SHOTS, formulas_in_sources
+from tests.browser.chromium import launch, offline_context
 
 DRAWN_FORMULAS = """() => [...document.querySelectorAll("math")]
     .filter(math => { const box = math.getBoundingClientRect(); return box.width > 0 && box.height > 0; }).length"""
@@ -28,22 +28,11 @@ def test_a_feedback_page_draws_its_formulas_offline(tmp_path):
     assert "cdnjs" not in page_file.read_text()
     expected = formulas_in_sources(tmp_path / "release" / "saliency" / "saliency.ipynb")
     refused = []
-
-    def only_files(route):
-        if route.request.url.startswith(LOCAL):
-            route.continue_()
-        else:
-            refused.append(route.request.url)
-            route.abort("internetdisconnected")
-
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = launch(playwright)
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            context.set_offline(True)
-            context.route("**/*", only_files)
-            page = context.new_page()
+            page = offline_context(browser, refused).new_page()
             page.goto(page_file.resolve().as_uri(), wait_until="load")
             drawn = page.evaluate(DRAWN_FORMULAS)
             score = page.locator("text=Score").count()

@@ -23,12 +23,11 @@ from pathlib import Path
 import nbformat
 from playwright.sync_api import sync_playwright
 
-from tests.browser.chromium import launch
+from tests.browser.chromium import LOCAL, launch, offline_context
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = Path(os.environ.get("VISLIB_SITE", ROOT / "build" / "site"))
 SHOTS = ROOT / "build" / "site-check"
-LOCAL = ("file://", "data:")
 TYPESET_TIMEOUT_MS = 60_000
 LOADED_IMAGES = ("(selector) => [...document.querySelectorAll(selector)]"
                  ".filter(image => image.complete && image.naturalWidth > 0).length")
@@ -73,13 +72,6 @@ def test_every_notebook_page_shows_its_figures_and_formulas_offline():
     SHOTS.mkdir(parents=True, exist_ok=True)
     refused, failed, shown, formulas, raw_tex = [], [], {}, {}, {}
 
-    def only_files(route):
-        if route.request.url.startswith(LOCAL):
-            route.continue_()
-        else:
-            refused.append(route.request.url)
-            route.abort("internetdisconnected")
-
     def record_failure(request):
         if request.url.startswith(LOCAL):
             failed.append(f"{request.url}: {request.failure}")
@@ -87,10 +79,7 @@ def test_every_notebook_page_shows_its_figures_and_formulas_offline():
     with sync_playwright() as playwright:
         browser = launch(playwright)
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            context.set_offline(True)
-            context.route("**/*", only_files)
-            page = context.new_page()
+            page = offline_context(browser, refused).new_page()
             page.on("requestfailed", record_failure)
             page.goto((SITE / "index.html").resolve().as_uri(), wait_until="load")
             page.screenshot(path=SHOTS / "index.png", full_page=True)

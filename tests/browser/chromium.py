@@ -24,3 +24,22 @@ def launch(playwright):
 def only_from(page, prefix: str):
     """Refuse every request of ``page`` whose URL does not start with ``prefix``."""
     page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(prefix) else route.abort())
+
+
+LOCAL = ("file://", "data:")
+
+
+def offline_context(browser, refused: list):
+    """A browser context with the network off, in which every request for anything but a file is
+    refused and its URL added to ``refused``: a page checked in it must stand alone."""
+    def only_files(route):
+        if route.request.url.startswith(LOCAL):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_offline(True)
+    context.route("**/*", only_files)
+    return context
