@@ -163,11 +163,11 @@ def watching(rule: OffLimits):
             if seen[code]:
                 _hits.append(f"{code.co_name} ({code.co_filename})")
 
-    previous = sys.getprofile()
+    previous, previous_for_threads = sys.getprofile(), threading.getprofile()
     sys.setprofile(watch)
     threading.setprofile(watch)
     try:
         yield
     finally:
         sys.setprofile(previous)
-        threading.setprofile(None)
+        threading.setprofile(previous_for_threads)

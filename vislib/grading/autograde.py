@@ -252,10 +252,9 @@ class TrustedExecute(Execute):
                 self._note(cell, index, "tampering", reason)
 
     def _report_runtime(self) -> None:
-        for index, run in sorted(self._runner.runs.items()):
-            if run.stopped:
-                self._note(self.nb.cells[index] if index >= 0 else None, index, "failure",
-                           f"in the grader's runner this cell {run.stopped}")
+        for index, why in sorted(self._runner.stopped_cells.items()):
+            self._note(self.nb.cells[index] if index >= 0 else None, index, "failure",
+                       f"in the grader's runner this cell {why}")
         for stopped in self._runner.stopped_calls:
             self._note(None, -1, "failure", f"a check's call of {stopped}")
         refused = set(self._runner.refused)

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 
 from vislib.checks.harness import LearnerError, Outcome
@@ -54,15 +53,6 @@ def zygote() -> _Zygote:
 
 
 @dataclass
-class CellRun:
-    """What became of one of the learner's cells in the runner."""
-
-    index: int
-    error: dict | None = None
-    stopped: str | None = None  # why the runner was stopped in this cell (time, exit)
-
-
-@dataclass
 class Runner:
     """One submission's runner: ``cells`` are the learner's code cells (index, source) in order;
     ``checks`` name the exercises, whose assignments' rules go behind tripwires."""
@@ -73,10 +63,9 @@ class Runner:
     timeout: float
     memory_bytes: int | None = None
     cpu_seconds: int | None = None
-    runs: dict[int, CellRun] = field(default_factory=dict)
+    stopped_cells: dict[int, str] = field(default_factory=dict)  # cell index -> why it stopped a runner
     refused: set[str] = field(default_factory=set)
     stopped_calls: list[str] = field(default_factory=list)  # "name: why", for the report
-    restarts: int = 0
     _pid: int | None = None
     _sock: socket.socket | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -96,15 +85,13 @@ class Runner:
                                                     "memory_bytes": self.memory_bytes,
                                                     "cpu_seconds": self.cpu_seconds})
             for index, source in self.cells:
-                if self.runs.get(index, CellRun(index)).stopped:
+                if index in self.stopped_cells:
                     continue
                 try:
-                    reply = self._ask({"op": "cell", "source": source})
+                    self._ask({"op": "cell", "source": source})  # a cell's own error is the feedback run's to show
                 except RunnerGone as gone:
-                    self.runs[index] = CellRun(index, stopped=str(gone))
-                    self.restarts += 1
+                    self.stopped_cells[index] = str(gone)
                     break
-                self.runs[index] = CellRun(index, error=reply.get("error"))
 
     def _ask(self, message: dict) -> dict:
         assert self._sock is not None
@@ -129,7 +116,6 @@ class Runner:
         try:
             return self._ask({"op": "call", "name": name, "args": args, "kwargs": kwargs, "models": models})
         except RunnerGone as gone:
-            self.restarts += 1
             self.stopped_calls.append(f"{name}: {gone}")
             raise
 
@@ -157,17 +143,13 @@ class RemoteFunction:
 
     runner: Runner
     name: str
-    seconds: float = 0.0  # time spent in the runner, for the report
 
     def run_reported(self, args: tuple, kwargs: dict, models: list) -> Outcome:
-        start = time.perf_counter()
         try:
             reply = self.runner.call(self.name, tuple(args), dict(kwargs), list(models))
         except RunnerGone as gone:
             raise AssertionError(f"your {self.name}: {gone}. Look for an endless loop, an exit, or a very "
                                  "large tensor.") from None
-        finally:
-            self.seconds += time.perf_counter() - start
         if reply.get("missing"):
             raise AssertionError(f"{self.name} is not defined in your notebook: keep the function's name and run "
                                  "the cell that defines it")
