@@ -118,9 +118,21 @@ SUBMISSIONS = {
     "syntax_error": ({"saliency_map": SYNTAX_ERROR}, [], 5.0, set()),
     "fills_memory": ({"saliency_map": MEMORY_SALIENCY}, [], 5.0, set()),
 }
-# The smaller class that `make test` grades: one of each family (the rest run in the demonstration).
-IN_MAKE_TEST = ("warns", "partial", "patches_checks", "ipython_machinery", "vislib_routes", "ignores_signals",
-                "exits", "deletes_cells", "syntax_error")
+# The smaller class that `make test` grades: every family, with the flaws that do not interact in one notebook
+# each (three submissions fewer to grade; the whole class runs in the demonstration).
+COMBINED = {
+    "warns_and_deletes_cells": ({"saliency_map": WARNING_SALIENCY},
+                                ["delete check_relu_backward", "strip check_occlusion_map"], FULL_MARKS, {"restored"}),
+    "partial_with_syntax_error": ({"saliency_map": SYNTAX_ERROR, "occlusion_map": STUB}, [], 2.0, set()),
+    "patches_checks_and_ipython": ({name: STUB for name in ("saliency_map", "relu_backward", "occlusion_map")},
+                                   [PATCH_CHECKS, IPYTHON_MACHINERY], 0.0, {"tampering"}),
+}
+IN_MAKE_TEST = (*COMBINED, "vislib_routes", "ignores_signals", "exits")
+
+
+def submission(name: str) -> tuple:
+    """(solutions to replace, extra cells, score, report kinds) of a learner of either class."""
+    return SUBMISSIONS[name] if name in SUBMISSIONS else COMBINED[name]
 
 
 def _solution(cell: dict) -> str:
@@ -131,7 +143,7 @@ def _solution(cell: dict) -> str:
 
 def notebook(name: str, course: Path) -> dict:
     """The learner ``name``'s notebook: the learners' version with their cells filled in."""
-    replacements, extra, _, _ = SUBMISSIONS[name]
+    replacements, extra, _, _ = submission(name)
     source = json.loads((course / "source" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text())
     solutions = {c["metadata"]["nbgrader"]["grade_id"]: _solution(c) for c in source["cells"]
                  if c["metadata"].get("nbgrader", {}).get("solution") and c["cell_type"] == "code"}

@@ -51,7 +51,7 @@ def report_rows(course: Path) -> dict[str, list[dict]]:
 def test_every_submission_gets_its_score_and_its_feedback(graded):
     got = scores(graded)
     for name in grading_course.IN_MAKE_TEST:
-        expected = grading_course.SUBMISSIONS[name][2]
+        expected = grading_course.submission(name)[2]
         assert got[name] == expected, f"{name} scored {got[name]}, not {expected}"
         assert (graded / "feedback" / name / "saliency" / "saliency.html").is_file(), f"no feedback for {name}"
 
@@ -60,21 +60,23 @@ def test_the_report_lists_what_the_instructor_must_see_and_nothing_for_honest_wo
     rows = report_rows(graded)
     for name in grading_course.IN_MAKE_TEST:
         kinds = {row["kind"] for row in rows[name]}
-        wanted = grading_course.SUBMISSIONS[name][3]
+        wanted = grading_course.submission(name)[3]
         assert wanted <= kinds, f"{name}: the report has {kinds}, not {wanted}: {rows[name]}"
-        if not wanted:
+        if wanted <= {"restored"}:  # honest work
             assert "tampering" not in kinds and "failure" not in kinds, f"{name} was flagged: {rows[name]}"
-    restored = {row["cell"] for row in rows["deletes_cells"] if row["kind"] == "restored"}
+    restored = {row["cell"] for row in rows["warns_and_deletes_cells"] if row["kind"] == "restored"}
     assert restored == {"check_relu_backward", "check_occlusion_map"}
-    assert "deletes_cells" in (graded / "make-output.txt").read_text()  # make autograde prints the report
+    assert "warns_and_deletes_cells" in (graded / "make-output.txt").read_text()  # make autograde prints the report
 
 
 def test_a_failed_check_shows_its_hint_and_a_passed_one_its_line_in_the_feedback(graded):
-    cells = json.loads((graded / "autograded" / "partial" / "saliency" / "saliency.ipynb").read_text())["cells"]
+    cells = json.loads((graded / "autograded" / "partial_with_syntax_error" / "saliency" / "saliency.ipynb")
+                       .read_text())["cells"]
     shown = {c["metadata"].get("nbgrader", {}).get("grade_id"): json.dumps(c.get("outputs", [])) for c in cells}
-    assert "saliency_map: correct." in shown["check_saliency_map"]
+    assert "relu_backward: correct." in shown["check_relu_backward"]
     assert "not implemented yet" in shown["check_occlusion_map"]
-    cells = json.loads((graded / "autograded" / "warns" / "saliency" / "saliency.ipynb").read_text())["cells"]
+    cells = json.loads((graded / "autograded" / "warns_and_deletes_cells" / "saliency" / "saliency.ipynb")
+                       .read_text())["cells"]
     check = next(c for c in cells if c["metadata"].get("nbgrader", {}).get("grade_id") == "check_saliency_map")
     assert not any(o.get("name") == "stderr" for o in check["outputs"])
 
