@@ -33,17 +33,22 @@ unit: setup  ## the unit tests on both cores (a file's tests stay together: its 
 IMAGENET_MODELS   := resnet18 vgg16 resnet50 vgg19
 IMAGENET_NOTEBOOKS = $(shell grep -l pretrained_available notebooks/*.ipynb)
 
-# Two passes, each on both cores. First every notebook as a learner without ImageNet weights runs it
-# (an empty torch cache; the assignments' solutions run top to bottom in tests/test_assignments.py, which
-# grades them). Then the notebooks with an ImageNet section, in a temporary torch cache (about 1.3 GB,
-# removed afterwards) holding your cached ImageNet weights where you have them, else seeded random
-# stand-ins that the loader accepts only because VISLIB_STAND_IN_WEIGHTS lists their full sha256.
+# Every notebook once, two at a time. Those with an ImageNet section run it, in a temporary torch cache (about
+# 1.2 GB, in memory where /dev/shm has room, removed afterwards) holding your cached ImageNet weights where you
+# have them, else seeded random stand-ins that the loader accepts only because VISLIB_STAND_IN_WEIGHTS lists their
+# full sha256; the cache fills while the other notebooks run, in an empty cache. A learner's run without ImageNet
+# weights (the sections are skipped) is `make book`'s. The assignments' solutions run in tests/test_assignments.py.
 notebooks: setup  ## nbval: every cell runs without error, ImageNet sections too; run times reported
-	home=$$(mktemp -d) && trap 'rm -rf "$$home"' EXIT && \
-	TORCH_HOME="$$home/empty" $(PARALLEL) $(BIN)/pytest -n 2 --dist loadfile --nbval-lax notebooks && \
-	stand_ins=$$($(BIN)/python -m vislib.models test-cache "$$home/imagenet" $(IMAGENET_MODELS)) && \
-	TORCH_HOME="$$home/imagenet" VISLIB_STAND_IN_WEIGHTS="$$stand_ins" $(PARALLEL) $(BIN)/pytest -n 2 --dist loadfile --nbval-lax \
-		$(IMAGENET_NOTEBOOKS)
+	set -e; \
+	home=$$(mktemp -d -p "$$(test "$$(df --output=avail -BG /dev/shm 2>/dev/null | tail -1 | tr -dc 0-9)" -ge 3 \
+		2>/dev/null && echo /dev/shm || echo "$${TMPDIR:-/tmp}")"); \
+	$(BIN)/python -m vislib.models test-cache "$$home/imagenet" $(IMAGENET_MODELS) > "$$home/stand-ins" & filling=$$!; \
+	trap 'kill $$filling 2>/dev/null; rm -rf "$$home"' EXIT; \
+	TORCH_HOME="$$home/empty" $(PARALLEL) $(BIN)/pytest -n 2 --dist loadfile --nbval-lax \
+		$(filter-out $(IMAGENET_NOTEBOOKS),$(wildcard notebooks/*.ipynb)); \
+	wait $$filling; \
+	TORCH_HOME="$$home/imagenet" VISLIB_STAND_IN_WEIGHTS="$$(cat "$$home/stand-ins")" $(PARALLEL) \
+		$(BIN)/pytest -n 2 --dist loadfile --nbval-lax $(IMAGENET_NOTEBOOKS)
 
 # --- assignments: nbgrader, offline, with a local sqlite gradebook ----------------------------------
 # nbgrader calls `alembic` by name, so the venv's bin/ goes first on PATH. COURSE is the course folder;
