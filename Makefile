@@ -43,7 +43,7 @@ notebooks: setup  ## nbval: every cell runs without error, ImageNet sections too
 	home=$$(mktemp -d -p "$$(test "$$(df --output=avail -BG /dev/shm 2>/dev/null | tail -1 | tr -dc 0-9)" -ge 3 \
 		2>/dev/null && echo /dev/shm || echo "$${TMPDIR:-/tmp}")"); \
 	$(BIN)/python -m vislib.models test-cache "$$home/imagenet" $(IMAGENET_MODELS) > "$$home/stand-ins" & filling=$$!; \
-	trap 'kill $$filling 2>/dev/null; rm -rf "$$home"' EXIT; \
+	trap 'kill $$filling 2>/dev/null || true; rm -rf "$$home"' EXIT; \
 	TORCH_HOME="$$home/empty" $(PARALLEL) $(BIN)/pytest -n 2 --dist loadfile --nbval-lax \
 		$(filter-out $(IMAGENET_NOTEBOOKS),$(wildcard notebooks/*.ipynb)); \
 	wait $$filling; \
