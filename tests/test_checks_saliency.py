@@ -166,13 +166,13 @@ def test_a_check_wants_the_function_itself():
 def test_explain_error_names_the_line_and_what_the_error_usually_means():
     text = explain_error("RuntimeError", "Trying to backward through the graph a second time (or directly access "
                          "saved tensors after they have already been freed).\nmore", "    score.backward()\n", 12,
-                         "saliency_map")
+                         "saliency_map").render("en")
     assert text.startswith("your saliency_map raised RuntimeError on line 12 (`score.backward()`): Trying to "
                            "backward through the graph a second time")
     assert "more" not in text and "one backward pass" in text
-    unknown = explain_error("ValueError", "odd", None, None, "grad_cam")
+    unknown = explain_error("ValueError", "odd", None, None, "grad_cam").render("en")
     assert unknown == "your grad_cam raised ValueError: odd. Look at that line: the error is in your code."
-    assert "dictionary has no such key" in explain_error("KeyError", "'A'", "saved['A']", 3, "grad_cam")
+    assert "dictionary has no such key" in explain_error("KeyError", "'A'", "saved['A']", 3, "grad_cam").render("en")
 
 
 def saliency_index_error(model, x, target):
