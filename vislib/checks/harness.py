@@ -235,12 +235,13 @@ def learner_frame(tb) -> traceback.FrameSummary | None:
 
 
 @contextmanager
-def unless_unimplemented(name: str = "your function"):
+def unless_unimplemented(name: str | None = None):
     """For the cell that draws the learner's own result: a stub shows a note, not a traceback."""
     try:
         yield
     except NotImplementedError:
-        print(_("{name}: not implemented yet; its picture appears here once it works", name=name))
+        print(_("{name}: not implemented yet; its picture appears here once it works",
+                name=name or _("your function")))
 
 
 # --------------------------------------------------------------------------- running the learner's code
