@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup lab test lint unit notebooks weights bench strip clean assignments autograde
+.PHONY: setup lab test lint unit notebooks weights bench strip clean assignments autograde messages
 
 setup: $(STAMP)
 
@@ -78,6 +78,17 @@ weights: setup  ## retrain ShapesNet and the robust ShapesNet (seeded, about 10 
 bench: setup  ## vislib side by side with Captum, pytorch-grad-cam and torchcam -> benchmarks/RESULTS.md
 	$(PIP) -e ".[test,bench]"
 	$(BIN)/python benchmarks/run.py
+
+# The checks' messages in Korean: gettext catalogs (domain vislib) managed with Babel. Extract the messages from
+# vislib/checks into messages.pot, merge it into the Korean catalog (new and changed messages come out empty or
+# fuzzy: translate them), compile the catalog to the .mo the checks read (fuzzy entries are left out).
+LOCALES   := vislib/checks/locale
+MESSAGES  := $(BIN)/pybabel
+
+messages: setup  ## the checks' messages: extract messages.pot, update and compile the Korean catalog in vislib/checks/locale
+	$(MESSAGES) extract -F babel.cfg --add-location=file --project=vislib --version=0.1.0 -o messages.pot .
+	$(MESSAGES) update -i messages.pot -d $(LOCALES) -D vislib -l ko --previous --ignore-obsolete
+	$(MESSAGES) compile -d $(LOCALES) -D vislib -l ko --statistics
 
 strip:  ## remove outputs and execution counts from the notebooks before committing
 	$(BIN)/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb

@@ -1,4 +1,5 @@
 import copy
+import os
 
 import pytest
 import torch
@@ -6,6 +7,11 @@ import torch.nn as nn
 
 from vislib.data import make_shapes
 from vislib.models import shapes_net, torchvision_model
+
+# The tests read the checks' English messages (tests/test_checks_language.py reads both languages): a Korean
+# locale on the machine (LANG=ko_KR.UTF-8) must not change them, here or in the kernels and graders the tests
+# start, which inherit this environment. LANGUAGE comes first among the locale's variables.
+os.environ["LANGUAGE"] = "en"
 
 
 @pytest.fixture(scope="session")

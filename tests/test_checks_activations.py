@@ -9,6 +9,8 @@ import torch
 from vislib import checks
 from vislib.hooks import capture
 
+from .hint_coverage import names_the_mistake
+
 # --------------------------------------------------------------------------- layer_activation
 
 
@@ -111,7 +113,7 @@ def test_layer_activation_accepts_correct_implementations(fn, capsys):
     (activation_eval_mode_kept, r"train/eval mode of a module changed.*Leave the model's train/eval mode"),
 ])
 def test_layer_activation_names_the_mistake(fn, hint):
-    with pytest.raises(AssertionError, match=hint):
+    with names_the_mistake(hint):
         checks.layer_activation(fn)
 
 
@@ -209,7 +211,7 @@ def test_filter_tiles_accepts_correct_implementations(fn, capsys):
     (tiles_in_place, "changed its argument number 1 in place"),
 ])
 def test_filter_tiles_names_the_mistake(fn, hint):
-    with pytest.raises(AssertionError, match=hint):
+    with names_the_mistake(hint):
         checks.filter_tiles(fn)
 
 
@@ -335,7 +337,7 @@ def test_top_patches_accepts_correct_implementations(fn, capsys):
     (top_with_rf_boxes, "calls vislib's own implementation"),
 ])
 def test_top_patches_names_the_mistake(fn, hint):
-    with pytest.raises(AssertionError, match=hint):
+    with names_the_mistake(hint):
         checks.top_patches_of_channel(fn)
 
 

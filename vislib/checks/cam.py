@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from vislib import cam, hooks, saliency
 from vislib.checks.cases import FC, LAYER, Case, cases, small_cnn
-from vislib.checks.harness import call, exercise, expect
+from vislib.checks.harness import CheckFailure, call, exercise, expect
+from vislib.checks.language import _
 from vislib.checks.offlimits import OffLimits
 from vislib.checks.saliency import EACH_OWN_TARGET, LOGIT_NOT_PROBABILITY, _log_probability, _probability
 
@@ -18,13 +19,13 @@ __all__ = ["class_activation_map", "grad_cam", "guided_grad_cam"]
 OFF_LIMITS = OffLimits(modules=("vislib.cam", "vislib.saliency"),
                        functions=(hooks.capture, hooks.differentiable_output))
 
-NOT_NORMALISED = "return the raw map: no normalisation (no division by its maximum, no min-max scaling)"
-LAYER_OUTPUT = ("use the layer's output A^k and the gradient with respect to that output (a forward hook's "
-                "`output`), not the layer's input")
-OUTPUT_GRADIENT = ("take alpha from the gradient with respect to the layer's output (a full backward hook's "
-                   "grad_output), not its input (grad_input)")
-ONE_RELU = ("Grad-CAM has one ReLU, after the weighted sum over the channels: a ReLU on the gradient, on alpha or "
-            "on each channel's term drops the channels with negative weights, which the sum needs")
+NOT_NORMALISED = _("return the raw map: no normalisation (no division by its maximum, no min-max scaling)")
+LAYER_OUTPUT = _("use the layer's output A^k and the gradient with respect to that output (a forward hook's "
+                 "`output`), not the layer's input")
+OUTPUT_GRADIENT = _("take alpha from the gradient with respect to the layer's output (a full backward hook's "
+                    "grad_output), not its input (grad_input)")
+ONE_RELU = _("Grad-CAM has one ReLU, after the weighted sum over the channels: a ReLU on the gradient, on alpha or "
+             "on each channel's term drops the channels with negative weights, which the sum needs")
 # vislib's CAM family and its hook recorder: the exercises are to write these with torch's own hooks.
 
 
@@ -35,7 +36,7 @@ def _object_case() -> Case:
     x[0, :, :, :6] *= 0.1
     x[0, 0, :, 6:] += 1.5
     x[1, :, 3:9, 3:9] = torch.tensor([1.5, -1.0, 0.5])[:, None, None]
-    return Case("no BatchNorm, 2 images of 12x12 with objects, targets [1, 4]",
+    return Case(_("no BatchNorm, 2 images of 12x12 with objects, targets [1, 4]"),
                 small_cnn(9, inplace=False, batchnorm=False), x, torch.tensor([1, 4]))
 
 
@@ -48,8 +49,8 @@ def _layer_cases() -> list[Case]:
     pooling) is the same at every position, so several wrong ways to pool it agree with the mean; and a
     case at the layer before the max pool, where it differs between positions."""
     x = torch.rand(2, 3, 10, 12, generator=torch.Generator().manual_seed(19))
-    early = Case("BatchNorm, the layer before the max pool (features.relu1, its gradient differs between "
-                 "positions), 2 images of 10x12, targets [3, 0]", small_cnn(5, inplace=False, batchnorm=True), x,
+    early = Case(_("BatchNorm, the layer before the max pool (features.relu1, its gradient differs between "
+                   "positions), 2 images of 10x12, targets [3, 0]"), small_cnn(5, inplace=False, batchnorm=True), x,
                  torch.tensor([3, 0]), layer="features.relu1")
     return [*_cases(), early]
 
@@ -83,16 +84,18 @@ def _map_shape(name: str, got, expected: torch.Tensor, channels: int) -> None:
     if not isinstance(got, torch.Tensor) or got.shape == expected.shape:
         return
     b, h, w = expected.shape
-    said = f"your {name} returns shape {list(got.shape)}; expected {list(expected.shape)}"
+    said = _("your {name} returns shape {shape}; expected {expected}", name=name, shape=list(got.shape),
+             expected=list(expected.shape))
     if got.ndim == 3 and got.shape[0] == b and got.shape[1] >= h and got.shape[2] >= w:
-        raise AssertionError(f"{said}: return the map at the layer's own resolution {h}x{w}, without upsampling")
+        raise CheckFailure(_("{said}: return the map at the layer's own resolution {h}x{w}, without upsampling",
+                             said=said, h=h, w=w))
     if got.ndim == 4 and got.shape[0] == b and got.shape[2:] == (h, w) and got.shape[1] in (1, channels):
-        raise AssertionError(f"{said}: sum the weighted channels over k, one map [h,w] per image (and no "
-                             "channel dimension left)")
+        raise CheckFailure(_("{said}: sum the weighted channels over k, one map [h,w] per image (and no channel "
+                             "dimension left)", said=said))
 
 
-@exercise("class_activation_map", "sum_k w[target,k] * f_k(x,y) per image, its own target, no ReLU, on 4 models "
-                                  "(non-square maps, one image, a batch of distinct targets).")
+@exercise("class_activation_map", _("sum_k w[target,k] * f_k(x,y) per image, its own target, no ReLU, on 4 models "
+                                    "(non-square maps, one image, a batch of distinct targets)."))
 def class_activation_map(fn) -> None:
     for case in _cases():
         with hooks.capture(case.model, LAYER) as recording, torch.no_grad():
@@ -104,18 +107,17 @@ def class_activation_map(fn) -> None:
         channels = features.shape[1]
         _map_shape("class_activation_map", got, expected, channels)
         mistakes = {
-            "CAM is the plain weighted sum sum_k w[target,k] f_k(x,y): no ReLU (its negative values are evidence "
-            "against the class, and they are part of the score)": expected.clamp(min=0),
-            "each image must use its own target class: fc_weight[target] gives one row of weights per image":
+            _("CAM is the plain weighted sum sum_k w[target,k] f_k(x,y): no ReLU (its negative values are evidence "
+              "against the class, and they are part of the score)"): expected.clamp(min=0),
+            _("each image must use its own target class: fc_weight[target] gives one row of weights per image"):
                 torch.einsum("k,bkhw->bhw", weight[case.target[0]], features),
-            "sum over the K channels, not their mean": expected / channels,
-            "use the fc weights as they are: dividing by the number of positions h*w gives Grad-CAM's weights, "
-            "not CAM's": expected / (expected.shape[1] * expected.shape[2]),
-            NOT_NORMALISED: _per_image_max(expected),
-            NOT_NORMALISED + " ": _min_max(expected),
-            NOT_NORMALISED + "  ": _divided(expected, expected.abs().flatten(1).amax(1)),
+            _("sum over the K channels, not their mean"): expected / channels,
+            _("use the fc weights as they are: dividing by the number of positions h*w gives Grad-CAM's weights, "
+              "not CAM's"): expected / (expected.shape[1] * expected.shape[2]),
+            NOT_NORMALISED: [_per_image_max(expected), _min_max(expected),
+                             _divided(expected, expected.abs().flatten(1).amax(1))],
         }
-        expect("class_activation_map", got, expected, mistakes, what=f"map ({case.label})",
+        expect("class_activation_map", got, expected, mistakes, what=_("map ({case})", case=case.label),
                atol=_tolerance(expected))
 
 
@@ -151,9 +153,9 @@ def _call_with_layer(name: str, fn, case: Case):
     return call(name, fn, case.model, case.x, case.target, case.layer, models=[case.model])
 
 
-@exercise("grad_cam", "ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of d logit / d A_k, at the layer's "
-                      "resolution, per image and target, on 5 models (inplace ReLUs, train mode, BatchNorm, "
-                      "non-square, a layer before the max pool).")
+@exercise("grad_cam", _("ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of d logit / d A_k, at the layer's "
+                        "resolution, per image and target, on 5 models (inplace ReLUs, train mode, BatchNorm, "
+                        "non-square, a layer before the max pool)."))
 def grad_cam(fn) -> None:
     for case in _layer_cases():
         got = _call_with_layer("grad_cam", fn, case)
@@ -167,45 +169,45 @@ def grad_cam(fn) -> None:
         _map_shape("grad_cam", got, expected, tensors["output"].shape[1])
         h, w = expected.shape[-2:]
         gradient, activations = tensors["output_grad"], tensors["output"]
-        pool = "alpha_k is the MEAN of the gradient over all positions of channel k (grads.mean(dim=(2, 3)))"
         mistakes = {
-            "weight each channel by one number, alpha_k, the mean of its gradient over the positions: multiplying "
-            "gradient and activation position by position is HiResCAM, not Grad-CAM":
+            _("weight each channel by one number, alpha_k, the mean of its gradient over the positions: multiplying "
+              "gradient and activation position by position is HiResCAM, not Grad-CAM"):
                 (gradient * activations).sum(1).clamp(min=0),
-            f"{pool}, not its maximum": _weighted(gradient.amax(dim=(2, 3)), activations),
-            f"{pool}, not its value at one position": _weighted(gradient[:, :, 0, 0], activations),
-            f"{pool}, not the mean of its absolute value": _weighted(gradient.abs().mean(dim=(2, 3)), activations),
-            ONE_RELU: _weighted(gradient.clamp(min=0).mean(dim=(2, 3)), activations),
-            ONE_RELU + " ": (gradient.mean(dim=(2, 3))[:, :, None, None] * activations).clamp(min=0).sum(1),
-            f"your map is {h * w}x larger than expected ({h}x{w} positions): did you sum the gradient over "
-            "positions instead of averaging it?": expected * (h * w),
-            "apply a ReLU to the weighted sum: Grad-CAM keeps only the evidence for the class":
+            _("alpha_k is the MEAN of the gradient over all positions of channel k (grads.mean(dim=(2, 3))), not its "
+              "maximum"): _weighted(gradient.amax(dim=(2, 3)), activations),
+            _("alpha_k is the MEAN of the gradient over all positions of channel k (grads.mean(dim=(2, 3))), not its "
+              "value at one position"): _weighted(gradient[:, :, 0, 0], activations),
+            _("alpha_k is the MEAN of the gradient over all positions of channel k (grads.mean(dim=(2, 3))), not the "
+              "mean of its absolute value"): _weighted(gradient.abs().mean(dim=(2, 3)), activations),
+            ONE_RELU: [_weighted(gradient.clamp(min=0).mean(dim=(2, 3)), activations),
+                       (gradient.mean(dim=(2, 3))[:, :, None, None] * activations).clamp(min=0).sum(1)],
+            _("your map is {times}x larger than expected ({h}x{w} positions): did you sum the gradient over "
+              "positions instead of averaging it?", times=h * w, h=h, w=w): expected * (h * w),
+            _("apply a ReLU to the weighted sum: Grad-CAM keeps only the evidence for the class"):
                 grad_cam_of(case.model, relu=False),
-            NOT_NORMALISED: _per_image_max(expected),
-            NOT_NORMALISED + " ": _min_max(expected),
-            LOGIT_NOT_PROBABILITY: grad_cam_of(_probability(case.model)),
-            LOGIT_NOT_PROBABILITY + " ": grad_cam_of(_log_probability(case.model)),
+            NOT_NORMALISED: [_per_image_max(expected), _min_max(expected)],
+            LOGIT_NOT_PROBABILITY: [grad_cam_of(_probability(case.model)), grad_cam_of(_log_probability(case.model))],
             EACH_OWN_TARGET: grad_cam_of(case.model, target=case.target[0].item()),
-            "alpha belongs to one image: average its gradient over the positions only (dims 2 and 3), not over "
-            "the batch": _weighted(tensors["output_grad"].mean(dim=(0, 2, 3)), tensors["output"]),
+            _("alpha belongs to one image: average its gradient over the positions only (dims 2 and 3), not over "
+              "the batch"): _weighted(tensors["output_grad"].mean(dim=(0, 2, 3)), tensors["output"]),
             LAYER_OUTPUT: _weighted(tensors["input_grad"].mean(dim=(2, 3)), tensors["input"]),
             OUTPUT_GRADIENT: _weighted(tensors["input_grad"].mean(dim=(2, 3)), tensors["output"]),
         }
-        expect("grad_cam", got, expected, mistakes, what=f"map ({case.label})", atol=_tolerance(expected))
+        expect("grad_cam", got, expected, mistakes, what=_("map ({case})", case=case.label), atol=_tolerance(expected))
 
 
-@exercise("guided_grad_cam", "Guided backprop times the bilinearly upsampled Grad-CAM map, [B,3,H,W], per image "
-                             "and target, on 5 models (inplace ReLUs, train mode, BatchNorm, non-square, a layer "
-                             "before the max pool).")
+@exercise("guided_grad_cam", _("Guided backprop times the bilinearly upsampled Grad-CAM map, [B,3,H,W], per image "
+                               "and target, on 5 models (inplace ReLUs, train mode, BatchNorm, non-square, a layer "
+                               "before the max pool)."))
 def guided_grad_cam(fn) -> None:
     for case in _layer_cases():
         got = _call_with_layer("guided_grad_cam", fn, case)
         layer = case.model.get_submodule(case.layer)
         expected = cam.guided_grad_cam(case.model, case.x, case.target, layer=layer)
         if isinstance(got, torch.Tensor) and got.shape == expected.shape[:1] + expected.shape[2:]:
-            raise AssertionError(f"your guided_grad_cam returns shape {list(got.shape)}; expected "
-                                 f"{list(expected.shape)}: keep the colour channels, guided backprop [B,3,H,W] "
-                                 "times the map broadcast over them (map[:, None])")
+            raise CheckFailure(_("your guided_grad_cam returns shape {shape}; expected {expected}: keep the colour "
+                                 "channels, guided backprop [B,3,H,W] times the map broadcast over them (map[:, None])",
+                                 shape=list(got.shape), expected=list(expected.shape)))
         guided = saliency.guided_backprop(case.model, case.x, case.target)
         coarse = cam.grad_cam(case.model, case.x, case.target, layer=layer, upsample=False)
         signed = cam.grad_cam(case.model, case.x, case.target, layer=layer, upsample=False, relu=False)
@@ -217,33 +219,32 @@ def guided_grad_cam(fn) -> None:
         bilinear = upsampled(coarse, align_corners=False)
         plain = saliency.gradient(case.model, case.x, case.target)
         mistakes = {
-            "multiply by guided backpropagation (positive gradients only, and only where the ReLU's input was "
-            "positive), not the plain gradient": plain * bilinear,
-            "guided backpropagation keeps the positive part of the gradient at every ReLU on the way back (a hook "
-            "on each ReLU), not once at the input": plain.clamp(min=0) * bilinear,
-            LOGIT_NOT_PROBABILITY + " (in your guided backpropagation)":
-                saliency.guided_backprop(_probability(case.model), case.x, case.target) * bilinear,
-            LOGIT_NOT_PROBABILITY + " (in your guided backpropagation) ":
-                saliency.guided_backprop(_log_probability(case.model), case.x, case.target) * bilinear,
-            NOT_NORMALISED: _per_image_max(expected),
-            NOT_NORMALISED + " ": _min_max(expected),
-            NOT_NORMALISED + "  ": _divided(expected, expected.abs().flatten(1).amax(1)),
-            "guided backpropagation also keeps the forward mask [h > 0] at every ReLU: yours looks like deconvnet":
+            _("multiply by guided backpropagation (positive gradients only, and only where the ReLU's input was "
+              "positive), not the plain gradient"): plain * bilinear,
+            _("guided backpropagation keeps the positive part of the gradient at every ReLU on the way back (a hook "
+              "on each ReLU), not once at the input"): plain.clamp(min=0) * bilinear,
+            _("{logit_not_probability} (in your guided backpropagation)", logit_not_probability=LOGIT_NOT_PROBABILITY):
+                [saliency.guided_backprop(_probability(case.model), case.x, case.target) * bilinear,
+                 saliency.guided_backprop(_log_probability(case.model), case.x, case.target) * bilinear],
+            NOT_NORMALISED: [_per_image_max(expected), _min_max(expected),
+                             _divided(expected, expected.abs().flatten(1).amax(1))],
+            _("guided backpropagation also keeps the forward mask [h > 0] at every ReLU: yours looks like deconvnet"):
                 saliency.deconvnet(case.model, case.x, case.target) * bilinear,
-            "upsample the Grad-CAM map bilinearly (mode='bilinear', align_corners=False), not to nearest-neighbour "
-            "blocks": guided * upsampled(coarse, mode="nearest"),
-            "upsample with align_corners=False (the convention of this assignment and of vislib)":
+            _("upsample the Grad-CAM map bilinearly (mode='bilinear', align_corners=False), not to nearest-neighbour "
+              "blocks"): guided * upsampled(coarse, mode="nearest"),
+            _("upsample with align_corners=False (the convention of this assignment and of vislib)"):
                 guided * upsampled(coarse, align_corners=True),
-            "use Grad-CAM after its ReLU (the map your grad_cam returns)":
+            _("use Grad-CAM after its ReLU (the map your grad_cam returns)"):
                 guided * upsampled(signed, align_corners=False),
-            "apply Grad-CAM's ReLU before upsampling (upsample the map your grad_cam returns)":
+            _("apply Grad-CAM's ReLU before upsampling (upsample the map your grad_cam returns)"):
                 guided * upsampled(signed, align_corners=False).clamp(min=0),
-            "multiply by the raw Grad-CAM map, not a normalised one":
+            _("multiply by the raw Grad-CAM map, not a normalised one"):
                 guided * upsampled(_per_image_max(coarse), align_corners=False),
-            "compute Grad-CAM's gradient with the ordinary backward pass: switch guided backprop's hooks on only "
-            "for the gradient at the input": guided * upsampled(_weighted(
+            _("compute Grad-CAM's gradient with the ordinary backward pass: switch guided backprop's hooks on only "
+              "for the gradient at the input"): guided * upsampled(_weighted(
                 tensors["output_grad"].clamp(min=0).mean(dim=(2, 3)), tensors["output"]), align_corners=False),
             EACH_OWN_TARGET: cam.guided_grad_cam(case.model, case.x, case.target[0].item(), layer=layer),
             LOGIT_NOT_PROBABILITY: cam.guided_grad_cam(_probability(case.model), case.x, case.target, layer=layer),
         }
-        expect("guided_grad_cam", got, expected, mistakes, what=f"result ({case.label})", atol=_tolerance(expected))
+        expect("guided_grad_cam", got, expected, mistakes, what=_("result ({case})", case=case.label),
+               atol=_tolerance(expected))

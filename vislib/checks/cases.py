@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from vislib.checks.language import Message, _
+
 CLASSES = 5
 LAYER = "features.relu2"  # the last conv feature map of every case model: Grad-CAM's layer
 FC = "fc"
@@ -45,7 +47,7 @@ def small_cnn(seed: int, inplace: bool, batchnorm: bool) -> nn.Module:
 class Case:
     """One model with one batch, one target class per image, and the layer a layer-taking check uses."""
 
-    label: str
+    label: Message  # the case in words, for messages
     model: nn.Module
     x: torch.Tensor
     target: torch.Tensor
@@ -59,11 +61,11 @@ def cases() -> list[Case]:
     image alone."""
     generator = torch.Generator().manual_seed(7)
     return [
-        Case("inplace ReLUs, model in train mode, 3 images of 12x16, targets [0, 3, 1]",
+        Case(_("inplace ReLUs, model in train mode, 3 images of 12x16, targets [0, 3, 1]"),
              small_cnn(1, inplace=True, batchnorm=False).train(), torch.rand(3, 3, 12, 16, generator=generator),
              torch.tensor([0, 3, 1])),
-        Case("BatchNorm, 2 images of 10x10, targets [4, 2]", small_cnn(2, inplace=False, batchnorm=True),
+        Case(_("BatchNorm, 2 images of 10x10, targets [4, 2]"), small_cnn(2, inplace=False, batchnorm=True),
              torch.rand(2, 3, 10, 10, generator=generator), torch.tensor([4, 2])),
-        Case("one image of 8x8, target [2]", small_cnn(3, inplace=True, batchnorm=True),
+        Case(_("one image of 8x8, target [2]"), small_cnn(3, inplace=True, batchnorm=True),
              torch.rand(1, 3, 8, 8, generator=generator), torch.tensor([2])),
     ]

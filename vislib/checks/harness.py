@@ -30,6 +30,7 @@ import torch.nn as nn
 from threadpoolctl import threadpool_limits
 
 from vislib.checks import offlimits
+from vislib.checks.language import Message, _, joined
 from vislib.checks.offlimits import OffLimits
 from vislib.hooks import model_state, state_changes
 
@@ -47,10 +48,28 @@ def layer_input(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
         handle.remove()
     return store["x"]
 
-NOT_IMPLEMENTED = "not implemented yet"
+class CheckFailure(AssertionError):
+    """A check's verdict: an ``AssertionError`` whose ``message`` (a ``language.Message``) is shown in
+    the language active when it is displayed (a notebook's traceback, the grader's feedback);
+    ``render`` shows it in a given language."""
+
+    def __init__(self, message: Message):
+        super().__init__(message)
+        self.message = message
+
+    def render(self, language: str) -> str:
+        return self.message.render(language)
 
 
-class NotImplementedYet(AssertionError):
+class ModelChanged(CheckFailure):
+    """The learner's function changed a model: ``changes`` lists what, in ``vislib.hooks``' words."""
+
+    def __init__(self, message: Message, changes: list[str]):
+        super().__init__(message)
+        self.changes = changes
+
+
+class NotImplementedYet(CheckFailure):
     """Raised by a strict check (the graded one) when the learner's function is still a stub."""
 
 
@@ -70,31 +89,32 @@ def exercise(name: str, summary: str):
         @functools.wraps(check)
         def run(fn, strict: bool = False) -> None:
             if not callable(fn):
-                raise TypeError(f"pass your function itself to the check, e.g. checks.{name}({name}), "
-                                f"not {type(fn).__name__}")
+                raise TypeError(_("pass your function itself to the check, e.g. checks.{name}({name}), not {type}",
+                                  name=name, type=type(fn).__name__))
             token = _rule.set(off_limits_of(run))
             try:
                 with _apart_from_the_learner():
                     check(fn)
             except NotImplementedError:
                 if strict:
-                    raise NotImplementedYet(f"{name}: {NOT_IMPLEMENTED}") from None
-                print(f"{name}: {NOT_IMPLEMENTED} (replace `raise NotImplementedError()` with your code)")
+                    raise NotImplementedYet(_("{name}: not implemented yet", name=name)) from None
+                print(_("{name}: not implemented yet (replace `raise NotImplementedError()` with your code)",
+                        name=name))
                 return
             except LearnerError as error:  # raised in the grader's runner
-                raise AssertionError(explain_error(error.error_type, error.message, error.line, error.line_number,
-                                                   name)) from None
+                raise CheckFailure(explain_error(error.error_type, error.message, error.line, error.line_number,
+                                                 name)) from None
             except AssertionError:
                 raise
             except Exception as error:
                 frame = learner_frame(error.__traceback__)
                 if frame is None:  # the check's own error, not the learner's
                     raise
-                raise AssertionError(explain_error(type(error).__name__, str(error), frame.line, frame.lineno,
-                                                   name)) from error
+                raise CheckFailure(explain_error(type(error).__name__, str(error), frame.line, frame.lineno,
+                                                 name)) from error
             finally:
                 _rule.reset(token)
-            print(f"{name}: correct. {summary}")
+            print(_("{name}: correct. {summary}", name=name, summary=summary))
 
         run.exercise = name
         return run
@@ -127,66 +147,71 @@ def _apart_from_the_learner():
 # What typical errors inside a learner's function usually mean: (pattern of the message, meaning).
 # The first pattern that matches the error's type and message wins.
 _MEANINGS = (
-    (r"RemovableHandle", "a forward hook's return value replaces the layer's output, and yours returns a hook's "
-                         "handle (register_hook returns one, and a lambda returns whatever its expression gives): "
-                         "write the hook with def and let it return None, or return a tensor"),
-    (r"hook returned|returned an incorrect", "a hook must return None (to keep the gradient or output as it is) or "
-                                             "a tensor of the same shape, nothing else"),
-    (r"differentiated Tensors does not require grad", "the tensor you differentiate with respect to is not part "
-                                                      "of the graph: a .detach() (or torch.no_grad()) cut it off; "
-                                                      "keep the tensor the forward pass used (a hook's output "
-                                                      "itself) and detach only what you return"),
+    (r"RemovableHandle",
+     _("a forward hook's return value replaces the layer's output, and yours returns a hook's handle (register_hook "
+       "returns one, and a lambda returns whatever its expression gives): write the hook with def and let it "
+       "return None, or return a tensor")),
+    (r"hook returned|returned an incorrect",
+     _("a hook must return None (to keep the gradient or output as it is) or a tensor of the same shape, nothing "
+       "else")),
+    (r"differentiated Tensors does not require grad",
+     _("the tensor you differentiate with respect to is not part of the graph: a .detach() (or torch.no_grad()) "
+       "cut it off; keep the tensor the forward pass used (a hook's output itself) and detach only what you "
+       "return")),
     (r"does not require grad and does not have a grad_fn",
-     "the score is not connected to the tensor you differentiate: make a copy of the input that requires grad "
-     "(x.detach().clone().requires_grad_(True)) before the forward pass, keep the graph (no .detach(), no "
-     "torch.no_grad(), no .item() on the way) and take the gradient with respect to that very tensor"),
-    (r"appears to not have been used in the graph", "the tensor you differentiate with respect to is not the one "
-                                                    "the score was computed from: a .detach() or .clone() made a "
-                                                    "new tensor; keep the tensor that the forward pass used"),
-    (r"backward through the graph a second time", "each forward pass builds a graph that one backward pass (or "
-                                                  "autograd.grad) uses up: sum the scores into one number and "
-                                                  "differentiate once, or run a new forward pass for each gradient"),
+     _("the score is not connected to the tensor you differentiate: make a copy of the input that requires grad "
+       "(x.detach().clone().requires_grad_(True)) before the forward pass, keep the graph (no .detach(), no "
+       "torch.no_grad(), no .item() on the way) and take the gradient with respect to that very tensor")),
+    (r"appears to not have been used in the graph",
+     _("the tensor you differentiate with respect to is not the one the score was computed from: a .detach() or "
+       ".clone() made a new tensor; keep the tensor that the forward pass used")),
+    (r"backward through the graph a second time",
+     _("each forward pass builds a graph that one backward pass (or autograd.grad) uses up: sum the scores into "
+       "one number and differentiate once, or run a new forward pass for each gradient")),
     (r"BackwardHookFunction.*inplace|inplace.*BackwardHookFunction",
-     "register_full_backward_hook cannot handle a layer whose output an inplace operation changes (an inplace "
-     "ReLU, or the layer after it): catch the gradient with a hook on the layer's output tensor "
-     "(output.register_hook in a forward hook) or with torch.autograd.grad(score, output)"),
-    (r"modified by an inplace operation", "a tensor that autograd still needs was changed in place (an inplace "
-                                          "ReLU, +=, clamp_, x[...] = ...): work on a copy (.clone()) or use "
-                                          "out-of-place operations"),
-    (r"leaf Variable that requires grad", "a tensor that requires grad cannot be changed in place: change it "
-                                          "inside torch.no_grad(), or work on a detached copy"),
-    (r"implicitly created only for scalar", "backward() needs one number: sum the scores of all images "
-                                            "(scores.sum()) before differentiating"),
-    (r"numpy\(\) on Tensor that requires grad", "call .detach() before .numpy()"),
+     _("register_full_backward_hook cannot handle a layer whose output an inplace operation changes (an inplace "
+       "ReLU, or the layer after it): catch the gradient with a hook on the layer's output tensor "
+       "(output.register_hook in a forward hook) or with torch.autograd.grad(score, output)")),
+    (r"modified by an inplace operation",
+     _("a tensor that autograd still needs was changed in place (an inplace ReLU, +=, clamp_, x[...] = ...): work "
+       "on a copy (.clone()) or use out-of-place operations")),
+    (r"leaf Variable that requires grad",
+     _("a tensor that requires grad cannot be changed in place: change it inside torch.no_grad(), or work on a "
+       "detached copy")),
+    (r"implicitly created only for scalar",
+     _("backward() needs one number: sum the scores of all images (scores.sum()) before differentiating")),
+    (r"numpy\(\) on Tensor that requires grad", _("call .detach() before .numpy()")),
     (r"shapes cannot be multiplied|must match the size|does not broadcast|size mismatch|shape .* is invalid",
-     "two tensors' shapes do not fit together: print the .shape of each tensor on this line. A linear layer's "
-     "weight is [classes, features] (weight[target] is one row per image); a batch of images is [B, C, H, W]"),
+     _("two tensors' shapes do not fit together: print the .shape of each tensor on this line. A linear layer's "
+       "weight is [classes, features] (weight[target] is one row per image); a batch of images is [B, C, H, W]")),
     (r"out of bounds|out of range|Index tensor must have the same number of dimensions",
-     "an index does not fit the tensor: check which dimension you index and its size (logits[i, target[i]] or "
-     "logits.gather(1, target[:, None]) picks each image's class)"),
-    (r"'NoneType' object has no attribute", "a value you expected is None: .grad stays None unless backward() "
-                                            "reached that tensor (a leaf that requires grad), and a hook's store "
-                                            "stays empty unless the hooked layer ran"),
-    (r"view size is not compatible", "use .reshape(...) instead of .view(...) on a permuted or sliced tensor"),
-    (r"expected .*dtype|expected scalar type|but got: .* != ", "the tensors have different dtypes: convert with "
-                                                              ".float() (or .long() for indices)"),
-    (r"^KeyError", "a dictionary has no such key: did the hook that fills it run (right layer name)?"),
+     _("an index does not fit the tensor: check which dimension you index and its size (logits[i, target[i]] or "
+       "logits.gather(1, target[:, None]) picks each image's class)")),
+    (r"'NoneType' object has no attribute",
+     _("a value you expected is None: .grad stays None unless backward() reached that tensor (a leaf that "
+       "requires grad), and a hook's store stays empty unless the hooked layer ran")),
+    (r"view size is not compatible", _("use .reshape(...) instead of .view(...) on a permuted or sliced tensor")),
+    (r"expected .*dtype|expected scalar type|but got: .* != ",
+     _("the tensors have different dtypes: convert with .float() (or .long() for indices)")),
+    (r"^KeyError", _("a dictionary has no such key: did the hook that fills it run (right layer name)?")),
 )
 
 
 def explain_error(error_type: str, message: str, learner_line: str | None, line_number: int | None,
-                  name: str) -> str:
+                  name: str) -> Message:
     """The hint for an exception raised inside the learner's ``name``: which of their lines raised it
     and what such an error usually means. Only strings in, so it also explains an error that happened
-    in another process (the autograder's)."""
+    in another process (the autograder's). The error's own message (Python's or torch's) is shown as
+    it is."""
     first = message.strip().splitlines()[0].rstrip(".") if message.strip() else ""
-    where = f" on line {line_number}" if line_number else ""
+    where = _(" on line {number}", number=line_number) if line_number else ""
     code = f" (`{learner_line.strip()}`)" if learner_line and learner_line.strip() else ""
-    text = f"your {name} raised {error_type}{where}{code}: {first}"
+    text = _("your {name} raised {error_type}{where}{code}: {message}", name=name, error_type=error_type,
+             where=where, code=code, message=first)
     for pattern, meaning in _MEANINGS:
         if re.search(pattern, f"{error_type}: {message}", re.S):
-            return f"{text}. This usually means: {meaning}."
-    return f"{text}. Look at that line: the error is in your code."
+            return _("{text}. This usually means: {meaning}.", text=text, meaning=meaning)
+    return _("{text}. Look at that line: the error is in your code.", text=text)
 
 
 def _library_folders() -> tuple[str, ...]:
@@ -210,12 +235,13 @@ def learner_frame(tb) -> traceback.FrameSummary | None:
 
 
 @contextmanager
-def unless_unimplemented(name: str = "your function"):
+def unless_unimplemented(name: str | None = None):
     """For the cell that draws the learner's own result: a stub shows a note, not a traceback."""
     try:
         yield
     except NotImplementedError:
-        print(f"{name}: {NOT_IMPLEMENTED}; its picture appears here once it works")
+        print(_("{name}: not implemented yet; its picture appears here once it works",
+                name=name or _("your function")))
 
 
 # --------------------------------------------------------------------------- running the learner's code
@@ -277,68 +303,100 @@ def call(name: str, fn: Callable, *args, models: Iterable[nn.Module] = (), **kwa
     remote = getattr(fn, "run_reported", None)
     outcome = remote(args, kwargs, models) if remote else run_here(fn, args, kwargs, models, _rule.get())
     if outcome.off_limits:
-        raise AssertionError(f"your {name} calls vislib's own implementation or a library that implements the "
-                             f"exercise ({outcome.off_limits[0]}): the exercise is to write it yourself; off limits "
-                             f"in this assignment: {_rule.get().names()}")
+        raise CheckFailure(_("your {name} calls vislib's own implementation or a library that implements the "
+                             "exercise ({function}): the exercise is to write it yourself; off limits in this "
+                             "assignment: {rule}", name=name, function=outcome.off_limits[0],
+                             rule=_rule.get().names()))
     for changes in outcome.model_changes:
         if changes:
-            raise AssertionError(f"your {name} changed the model: {'; '.join(changes)}. {_advice(changes)}")
+            raise ModelChanged(_("your {name} changed the model: {changes}. {advice}", name=name,
+                                 changes=joined(change_in_words(c) for c in changes), advice=_advice(changes)),
+                               changes)
     for i in outcome.changed_arguments:
-        raise AssertionError(f"your {name} changed its argument number {i + 1} in place; work on a copy "
-                             "(e.g. tensor.clone()) or use out-of-place operations")
+        raise CheckFailure(_("your {name} changed its argument number {number} in place; work on a copy (e.g. "
+                             "tensor.clone()) or use out-of-place operations", name=name, number=i + 1))
     for i in outcome.grad_switched_arguments:
-        raise AssertionError(f"your {name} set requires_grad on its argument number {i + 1}, the caller's own "
-                             "tensor: differentiate with respect to a copy, x.detach().clone()"
-                             ".requires_grad_(True), and leave the argument as it was")
+        raise CheckFailure(_("your {name} set requires_grad on its argument number {number}, the caller's own "
+                             "tensor: differentiate with respect to a copy, x.detach().clone().requires_grad_(True), "
+                             "and leave the argument as it was", name=name, number=i + 1))
     return outcome.result
 
 
+def change_in_words(change: str) -> Message | str:
+    """One of ``vislib.hooks.state_changes``' phrases (English, also when it comes from the grader's
+    runner) as a message; a phrase it does not know stays as it is."""
+    if match := re.fullmatch(r"([+-]\d+) hooks are registered on the model", change):
+        return _("{count} hooks are registered on the model", count=match[1])
+    if match := re.fullmatch(r"the setting (\S+) changed from (.+) to (.+)", change):
+        return _("the setting {setting} changed from {before} to {after}", setting=match[1], before=match[2],
+                 after=match[3])
+    return {"a module of the model was replaced": _("a module of the model was replaced"),
+            "the train/eval mode of a module changed": _("the train/eval mode of a module changed"),
+            "requires_grad of a parameter changed": _("requires_grad of a parameter changed"),
+            ".grad of a parameter changed": _(".grad of a parameter changed"),
+            "a parameter's values changed": _("a parameter's values changed"),
+            "a buffer changed (BatchNorm's running statistics, for example)":
+                _("a buffer changed (BatchNorm's running statistics, for example)")}.get(change, change)
 
-def _advice(changes: list[str]) -> str:
+
+def _advice(changes: list[str]) -> Message:
     if any("hooks" in c for c in changes):
-        return "Remove every hook you register (handle.remove()), best in a `finally:` block."
+        return _("Remove every hook you register (handle.remove()), best in a `finally:` block.")
     if any("requires_grad" in c for c in changes):
-        return "Put requires_grad back as you found it, or take gradients with torch.autograd.grad."
+        return _("Put requires_grad back as you found it, or take gradients with torch.autograd.grad.")
     if any(".grad" in c for c in changes):
-        return ("Calling .backward() adds into the parameters' .grad: use torch.autograd.grad(score, x), "
-                "or freeze the parameters while you work and restore them after.")
+        return _("Calling .backward() adds into the parameters' .grad: use torch.autograd.grad(score, x), or freeze "
+                 "the parameters while you work and restore them after.")
     if any("train/eval mode" in c for c in changes):
-        return "Leave the model's train/eval mode as it was."
+        return _("Leave the model's train/eval mode as it was.")
     if any("setting" in c for c in changes):
-        return ("Put back every module setting you change (e.g. module.inplace), best in a `finally:` block, or "
-                "leave it alone.")
-    return "Work on copies and leave the model as you found it."
+        return _("Put back every module setting you change (e.g. module.inplace), best in a `finally:` block, or "
+                 "leave it alone.")
+    return _("Work on copies and leave the model as you found it.")
 
 
 # --------------------------------------------------------------------------- comparing results
 
 
-def returned_tensor(name: str, got, shape, what: str = "the image", why: str = "") -> torch.Tensor:
+def returned_tensor(name: str, got, shape, what: Message | None = None, why: Message | str = "") -> torch.Tensor:
     """``got`` if it is a tensor of ``shape``; else an error saying what the learner's ``name`` must
-    return (``why``: what the expected shape means, and the case)."""
+    return (``what``, by default the image; ``why``: what the expected shape means, and the case)."""
     if not isinstance(got, torch.Tensor):
-        raise AssertionError(f"your {name} must return {what} as a torch.Tensor, got {type(got).__name__}")
+        raise CheckFailure(_("your {name} must return {what} as a torch.Tensor, got {type}", name=name,
+                             what=what or _("the image"), type=type(got).__name__))
     if got.shape != tuple(shape):
-        raise AssertionError(f"your {name} returns shape {list(got.shape)}; expected {list(shape)}{why}")
+        raise CheckFailure(_("your {name} returns shape {shape}; expected {expected}{why}", name=name,
+                             shape=list(got.shape), expected=list(shape), why=why))
     return got
 
 
-def expect(name: str, got, expected: torch.Tensor, mistakes: dict[str, torch.Tensor] | None = None,
-           what: str = "result", rtol: float = 1e-4, atol: float = 1e-5) -> None:
+def expect(name: str, got, expected: torch.Tensor, mistakes: dict | None = None, what: Message | None = None,
+           rtol: float = 1e-4, atol: float = 1e-5) -> None:
     """``got`` must equal ``expected``; if it equals one of ``mistakes`` (hint -> what that mistake
-    gives) instead, the hint is the message. Shapes are checked first, with the expected shape."""
+    gives, or a list of what several mistakes with that hint give) instead, the hint is the message.
+    Shapes are checked first, with the expected shape. ``what`` names the result and the case."""
+    what = what or _("result")
     if not isinstance(got, torch.Tensor):
-        raise AssertionError(f"your {name} must return a torch.Tensor ({what}), got {type(got).__name__}")
+        raise CheckFailure(_("your {name} must return a torch.Tensor ({what}), got {type}", name=name, what=what,
+                             type=type(got).__name__))
     got = got.detach().to(expected.device, expected.dtype) if got.is_floating_point() else got.detach()
-    for hint, wrong in (mistakes or {}).items():
+    for hint, wrong in variants(mistakes or {}):
         if got.shape == wrong.shape and not close(expected, wrong, rtol, atol) and close(got, wrong, rtol, atol):
-            raise AssertionError(f"your {name} gives a different {what}: {hint}")
+            raise CheckFailure(_("your {name} gives a different {what}: {hint}", name=name, what=what, hint=hint))
     if got.shape != expected.shape:
-        raise AssertionError(f"your {name} returns shape {list(got.shape)}; expected {list(expected.shape)} ({what})")
+        raise CheckFailure(_("your {name} returns shape {shape}; expected {expected} ({what})", name=name,
+                             shape=list(got.shape), expected=list(expected.shape), what=what))
     if not torch.isfinite(got).all():
-        raise AssertionError(f"your {name} returns NaN or infinite values; look for a division by zero")
+        raise CheckFailure(_("your {name} returns NaN or infinite values; look for a division by zero", name=name))
     if not close(got, expected, rtol, atol):
-        raise AssertionError(f"your {name} gives a different {what}: {_describe(got, expected)}")
+        raise CheckFailure(_("your {name} gives a different {what}: {hint}", name=name, what=what,
+                             hint=_describe(got, expected)))
+
+
+def variants(mistakes: dict) -> list[tuple]:
+    """``mistakes`` (hint -> what the mistake gives, or a list of what several mistakes with that hint
+    give) as (hint, what one mistake gives) pairs, in order."""
+    return [(hint, one) for hint, wrong in mistakes.items() for one in (wrong if isinstance(wrong, list) else [wrong])]
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
@@ -347,7 +405,7 @@ def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e
     return a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol * max(1.0, scale))
 
 
-def _describe(got: torch.Tensor, expected: torch.Tensor) -> str:
+def _describe(got: torch.Tensor, expected: torch.Tensor) -> Message:
     """A generic hint: a constant factor, a sign, or where the largest difference is."""
     flat_got, flat_expected = got.double().flatten(), expected.double().flatten()
     denominator = flat_expected.dot(flat_expected)
@@ -356,9 +414,10 @@ def _describe(got: torch.Tensor, expected: torch.Tensor) -> str:
         if abs(factor) > 1e-6 and torch.allclose(flat_got, factor * flat_expected, rtol=1e-3,
                                                  atol=1e-6 * flat_expected.abs().max().item()):
             if factor < 0:
-                return f"it is {-factor:.3g} times the expected one with the opposite sign: check the sign"
-            return f"it is {factor:.3g} times the expected one: check how you scale or normalise"
+                return _("it is {factor:.3g} times the expected one with the opposite sign: check the sign",
+                         factor=-factor)
+            return _("it is {factor:.3g} times the expected one: check how you scale or normalise", factor=factor)
     worst = (flat_got - flat_expected).abs().argmax().item()
     index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), expected.shape))
-    return (f"the largest difference is at index {list(index)}: yours {flat_got[worst].item():.4g}, "
-            f"expected {flat_expected[worst].item():.4g}")
+    return _("the largest difference is at index {index}: yours {got:.4g}, expected {expected:.4g}",
+             index=list(index), got=flat_got[worst].item(), expected=flat_expected[worst].item())

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from vislib.checks.language import Joined, _, joined
 from vislib.grading.confine import PEER_LIBRARIES
 
 _hits: list[str] = []  # what was entered since the last ``clear_hits``
@@ -33,7 +34,8 @@ class OffLimitsCall(RuntimeError):
 
     def __init__(self, name: str):
         _hits.append(name)
-        super().__init__(f"{name} is off limits in this assignment: the exercise is to write it yourself")
+        super().__init__(_("{function} is off limits in this assignment: the exercise is to write it yourself",
+                           function=name))
 
 
 def clear_hits() -> None:
@@ -64,11 +66,11 @@ class OffLimits:
             self._cache["targets"] = list(unique.values())
         return self._cache["targets"]
 
-    def names(self) -> str:
+    def names(self) -> Joined:
         """The rule in words, for messages."""
-        parts = [f"{m} (all of it)" for m in self.modules]
+        parts = [_("{module} (all of it)", module=m) for m in self.modules]
         parts += [f"{f.__module__}.{f.__qualname__}" for f in self.functions]
-        return ", ".join(parts + [", ".join(PEER_LIBRARIES)])
+        return joined([*parts, *PEER_LIBRARIES], ", ")
 
     def fingerprints(self) -> set:
         if "fingerprints" not in self._cache:
@@ -120,7 +122,7 @@ def _tripwire(function: types.FunctionType) -> types.CodeType:
 def tripwires(rule: OffLimits):
     """Swap every function of ``rule`` for its tripwire while the block runs; restore them after."""
     originals = [(f, f.__code__) for f in rule.targets()]
-    for function, _ in originals:
+    for function, _code in originals:
         function.__code__ = _tripwire(function)
     try:
         yield

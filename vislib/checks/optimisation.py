@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from vislib import adversarial
 from vislib.checks.cases import CLASSES, cases, small_cnn
-from vislib.checks.harness import call, close, exercise, expect, returned_tensor
+from vislib.checks.harness import CheckFailure, ModelChanged, call, close, exercise, expect, returned_tensor, variants
+from vislib.checks.language import Message, _
 from vislib.checks.offlimits import OffLimits
 from vislib.checks.style import check_total_variation
 from vislib.hooks import frozen
@@ -20,8 +21,8 @@ __all__ = ["ascent_step", "class_visualization", "total_variation", "fooling_ima
 # What the functions of this assignment must not use (see vislib.checks.offlimits).
 OFF_LIMITS = OffLimits(modules=("vislib.optimize", "vislib.adversarial"))
 
-LOGIT_NOT_PROBABILITY = ("climb the raw class score (the logit, before the softmax), not the probability or the "
-                         "log-probability")
+LOGIT_NOT_PROBABILITY = _("climb the raw class score (the logit, before the softmax), not the probability or the "
+                          "log-probability")
 START_SCALE = 0.1  # the start is START_SCALE * N(0, 1) noise drawn from a generator seeded with ``seed``
 
 
@@ -47,9 +48,9 @@ def _gradient(model: nn.Module, image: torch.Tensor, target: torch.Tensor, l2: f
 STEP_SETTINGS = ((0.5, 5e-4), (0.3, 1e-3), (0.2, 2e-3))  # (lr, l2) for the three cases
 
 
-@exercise("ascent_step", "One normalised ascent step on logit - l2 * ||I||^2, each image with its own target and "
-                         "its own gradient norm, on 3 models (inplace ReLUs, BatchNorm, a non-square batch, one "
-                         "image).")
+@exercise("ascent_step", _("One normalised ascent step on logit - l2 * ||I||^2, each image with its own target and "
+                           "its own gradient norm, on 3 models (inplace ReLUs, BatchNorm, a non-square batch, one "
+                           "image)."))
 def ascent_step(fn) -> None:
     for case, (lr, l2) in zip(cases(), STEP_SETTINGS):
         _check_step(fn, case, lr, l2)
@@ -59,8 +60,8 @@ def _check_step(fn, case, lr: float, l2: float) -> None:
     """One case: the learner's step against the reference step and the steps of typical mistakes."""
     image = case.x
     got = call("ascent_step", fn, case.model, image, case.target, lr, l2, models=[case.model])
-    returned_tensor("ascent_step", got, image.shape, "the new image", f", the new image shaped like the image "
-                    f"({case.label})")
+    returned_tensor("ascent_step", got, image.shape, _("the new image"),
+                    _(", the new image shaped like the image ({case})", case=case.label))
     grad = _gradient(case.model, image, case.target, l2)
     step = lr * grad / _norm(grad)
 
@@ -69,42 +70,41 @@ def _check_step(fn, case, lr: float, l2: float) -> None:
 
     score_grad = _gradient(case.model, image, case.target, 0.0)
     mistakes = {
-        "gradient ascent climbs: add the step (image + lr * g / ||g||), don't subtract it": -step,
-        "subtract the penalty: the objective is logit - l2 * ||I||^2, so the penalty pulls the image "
-        "towards 0": normalised(_gradient(case.model, image, case.target, l2, penalty=1.0)),
-        "the gradient of l2 * ||I||^2 is 2 * l2 * I (yours misses the factor 2)":
+        _("gradient ascent climbs: add the step (image + lr * g / ||g||), don't subtract it"): -step,
+        _("subtract the penalty: the objective is logit - l2 * ||I||^2, so the penalty pulls the image "
+          "towards 0"): normalised(_gradient(case.model, image, case.target, l2, penalty=1.0)),
+        _("the gradient of l2 * ||I||^2 is 2 * l2 * I (yours misses the factor 2)"):
             normalised(score_grad - l2 * image),
-        LOGIT_NOT_PROBABILITY: normalised(_gradient(case.model, image, case.target, l2,
-                                                    score=lambda s: s.softmax(1))),
-        LOGIT_NOT_PROBABILITY + " ": normalised(_gradient(case.model, image, case.target, l2,
-                                                          score=lambda s: s.log_softmax(1))),
-        "normalise the step: divide the gradient by its L2 norm, so that each step has length lr": lr * grad,
-        "divide by the L2 norm (square root of the sum of squares), not by the mean absolute value":
+        LOGIT_NOT_PROBABILITY: [normalised(_gradient(case.model, image, case.target, l2, score=lambda s: s.softmax(1))),
+                                normalised(_gradient(case.model, image, case.target, l2,
+                                                     score=lambda s: s.log_softmax(1)))],
+        _("normalise the step: divide the gradient by its L2 norm, so that each step has length lr"): lr * grad,
+        _("divide by the L2 norm (square root of the sum of squares), not by the mean absolute value"):
             lr * grad / grad.abs().flatten(1).mean(1).view(-1, 1, 1, 1),
-        "divide by the L2 norm (square root of the sum of squares), not by the largest absolute value":
+        _("divide by the L2 norm (square root of the sum of squares), not by the largest absolute value"):
             lr * grad / grad.abs().flatten(1).amax(1).view(-1, 1, 1, 1),
-        "the penalty is l2 * ||I||^2, the SUM of the squared pixels: yours takes their mean":
-            normalised(score_grad - 2 * l2 * image / image.numel()),
-        "the penalty is l2 * ||I||^2, the SUM of the squared pixels: yours takes their mean ":
-            normalised(score_grad - 2 * l2 * image / image[0].numel()),
-        "square the norm: the penalty is l2 * ||I||^2 (image.square().sum()), not l2 * ||I||":
+        _("the penalty is l2 * ||I||^2, the SUM of the squared pixels: yours takes their mean"):
+            [normalised(score_grad - 2 * l2 * image / image.numel()),
+             normalised(score_grad - 2 * l2 * image / image[0].numel())],
+        _("square the norm: the penalty is l2 * ||I||^2 (image.square().sum()), not l2 * ||I||"):
             normalised(score_grad - l2 * image / image.norm()),
-        "divide each image's gradient by its own L2 norm, not by the norm of the whole batch's gradient":
+        _("divide each image's gradient by its own L2 norm, not by the norm of the whole batch's gradient"):
             lr * grad / grad.norm(),
-        "normalise the gradient of the whole objective (logit and penalty together), not the logit's alone":
+        _("normalise the gradient of the whole objective (logit and penalty together), not the logit's alone"):
             normalised(score_grad) - lr * 2 * l2 * image,
-        "each image must climb its own target class: pick logits[i, target[i]], e.g. with logits.gather":
+        _("each image must climb its own target class: pick logits[i, target[i]], e.g. with logits.gather"):
             normalised(_gradient(case.model, image, case.target[:1].expand(len(image)), l2)),
-        "return the new image (image + step), not the step alone": step - image,
+        _("return the new image (image + step), not the step alone"): step - image,
     }
-    expect("ascent_step", got.detach() - image, step, mistakes, what=f"step, new image - image ({case.label})")
+    expect("ascent_step", got.detach() - image, step, mistakes,
+           what=_("step, new image - image ({case})", case=case.label))
 
 
 # --------------------------------------------------------------------------- class_visualization
 
-EVAL_MODE = ("Optimise with the model in eval mode (model.eval(): BatchNorm then uses its stored statistics and "
-             "learns nothing) and give it back in the mode you found it (was_training = model.training; ...; "
-             "model.train(was_training)).")
+EVAL_MODE = _("Optimise with the model in eval mode (model.eval(): BatchNorm then uses its stored statistics and "
+              "learns nothing) and give it back in the mode you found it (was_training = model.training; ...; "
+              "model.train(was_training)).")
 
 
 def _visualization(model: nn.Module, target: int, steps: int, lr: float, l2: float, seed: int, size: int, *,
@@ -116,7 +116,7 @@ def _visualization(model: nn.Module, target: int, steps: int, lr: float, l2: flo
     image = scale * draw(1, 3, size, size, generator=generator)
     targets = torch.tensor([target])
     total = torch.zeros_like(image)
-    for _ in range(steps):
+    for _step in range(steps):
         grad = _gradient(model, image, targets, l2)
         total = total + grad if accumulate else grad
         image = image + sign * lr * total / _norm(total)
@@ -125,36 +125,37 @@ def _visualization(model: nn.Module, target: int, steps: int, lr: float, l2: flo
     return image
 
 
-def _visualization_models() -> list[tuple[str, nn.Module, int, int]]:
+def _visualization_models() -> list[tuple[Message, nn.Module, int, int]]:
     """(label, model, target, size): inplace ReLUs; BatchNorm in train mode; inplace ReLUs with BatchNorm."""
     with torch.random.fork_rng(devices=[]):
-        return [("inplace ReLUs, 12x12, target 2", small_cnn(1, inplace=True, batchnorm=False), 2, 12),
-                ("BatchNorm in train mode, 10x10, target 0", small_cnn(2, inplace=False, batchnorm=True).train(), 0,
-                 10),
-                ("inplace ReLUs and BatchNorm, 8x8, target 3", small_cnn(3, inplace=True, batchnorm=True), 3, 8)]
+        return [(_("inplace ReLUs, 12x12, target 2"), small_cnn(1, inplace=True, batchnorm=False), 2, 12),
+                (_("BatchNorm in train mode, 10x10, target 0"), small_cnn(2, inplace=False, batchnorm=True).train(),
+                 0, 10),
+                (_("inplace ReLUs and BatchNorm, 8x8, target 3"), small_cnn(3, inplace=True, batchnorm=True), 3, 8)]
 
 
 VIS_STEPS, VIS_LR, VIS_L2, VIS_SEED = 20, 1.0, 1e-3, 3
 
 
-@exercise("class_visualization", f"{VIS_STEPS} normalised ascent steps from the seeded start raise the target "
-                                 "logit above the other classes' mean, are deterministic for a seed, shrink with "
-                                 "the L2 penalty and leave the model (also one in train mode) as it was, on 3 "
-                                 "models.")
+@exercise("class_visualization", _("{steps} normalised ascent steps from the seeded start raise the target logit "
+                                   "above the other classes' mean, are deterministic for a seed, shrink with the L2 "
+                                   "penalty and leave the model (also one in train mode) as it was, on 3 models.",
+                                   steps=VIS_STEPS))
 def class_visualization(fn) -> None:
     for label, model, target, size in _visualization_models():
         _check_visualization(fn, label, model, target, size)
 
 
-def _check_visualization(fn, label: str, model: nn.Module, target: int, size: int) -> None:
+def _check_visualization(fn, label: Message, model: nn.Module, target: int, size: int) -> None:
     """One model: determinism, the seed, typical mistakes, the claims, then the reference image."""
 
     def run(seed=VIS_SEED, l2=VIS_L2):
         got = _call_visualization(fn, model, target, VIS_STEPS, VIS_LR, l2, seed, size)
-        returned_tensor("class_visualization", got, (1, 3, size, size), why=f" (one image, size x size) ({label})")
+        returned_tensor("class_visualization", got, (1, 3, size, size),
+                        why=_(" (one image, size x size) ({case})", case=label))
         if not torch.isfinite(got).all():
-            raise AssertionError("your class_visualization returns NaN or infinite values; look for a division "
-                                 f"by zero ({label})")
+            raise CheckFailure(_("your class_visualization returns NaN or infinite values; look for a division by "
+                                 "zero ({case})", case=label))
         return got.detach().float()
 
     def reference(steps=VIS_STEPS, **how):
@@ -162,68 +163,70 @@ def _check_visualization(fn, label: str, model: nn.Module, target: int, size: in
 
     got, expected = run(), reference()
     if not torch.allclose(got, run(), rtol=1e-5, atol=1e-6):
-        raise AssertionError("your class_visualization gives a different image each time for the same seed: "
-                             "draw the start from torch.Generator().manual_seed(seed), passed to torch.randn as "
-                             f"generator= ({label})")
+        raise CheckFailure(_("your class_visualization gives a different image each time for the same seed: draw "
+                             "the start from torch.Generator().manual_seed(seed), passed to torch.randn as "
+                             "generator= ({case})", case=label))
     if torch.allclose(got, run(seed=VIS_SEED + 1)):
-        raise AssertionError(f"your class_visualization gives the same image for seeds {VIS_SEED} and "
-                             f"{VIS_SEED + 1}: start from {START_SCALE} * torch.randn(1, 3, size, size, "
-                             f"generator=...) drawn with that seed ({label})")
-    start_hint = (f"start from {START_SCALE} * torch.randn(1, 3, size, size, generator=...) with the generator "
-                  "seeded by seed")
+        raise CheckFailure(_("your class_visualization gives the same image for seeds {seed} and {next_seed}: start "
+                             "from {scale} * torch.randn(1, 3, size, size, generator=...) drawn with that seed "
+                             "({case})", seed=VIS_SEED, next_seed=VIS_SEED + 1, scale=START_SCALE, case=label))
     mistakes = {
-        "reset the image's gradient at every step (image.grad = None, or torch.autograd.grad): yours adds up "
-        "the gradients of all the previous steps": reference(accumulate=True),
-        "gradient ascent climbs: add the step, don't subtract it": reference(sign=-1.0),
-        f"run exactly `steps` ascent steps (yours runs {VIS_STEPS - 1})": reference(steps=VIS_STEPS - 1),
-        f"run exactly `steps` ascent steps (yours runs {VIS_STEPS + 1})": reference(steps=VIS_STEPS + 1),
-        start_hint: reference(scale=1.0),
-        start_hint + " ": reference(start="uniform"),
-        "don't clamp the image: the L2 penalty is what keeps its values small": reference(clamp=True),
+        _("reset the image's gradient at every step (image.grad = None, or torch.autograd.grad): yours adds up "
+          "the gradients of all the previous steps"): reference(accumulate=True),
+        _("gradient ascent climbs: add the step, don't subtract it"): reference(sign=-1.0),
+        _("run exactly `steps` ascent steps (yours runs {steps})", steps=VIS_STEPS - 1): reference(steps=VIS_STEPS - 1),
+        _("run exactly `steps` ascent steps (yours runs {steps})", steps=VIS_STEPS + 1): reference(steps=VIS_STEPS + 1),
+        _("start from {scale} * torch.randn(1, 3, size, size, generator=...) with the generator seeded by seed",
+          scale=START_SCALE): [reference(scale=1.0), reference(start="uniform")],
+        _("don't clamp the image: the L2 penalty is what keeps its values small"): reference(clamp=True),
     }
-    for hint, wrong in mistakes.items():
+    for hint, wrong in variants(mistakes):
         if close(got, wrong, rtol=1e-4, atol=1e-5) and not close(expected, wrong, rtol=1e-4, atol=1e-5):
-            raise AssertionError(f"your class_visualization gives a different image: {hint} ({label})")
+            raise CheckFailure(_("your class_visualization gives a different image: {hint} ({case})", hint=hint,
+                                 case=label))
     _claims(got, run(l2=0.0), reference(steps=0), model, target, label)
-    expect("class_visualization", got, expected, what=f"image ({label})")
+    expect("class_visualization", got, expected, what=_("image ({case})", case=label))
 
 
 def _claims(got: torch.Tensor, free: torch.Tensor, start: torch.Tensor, model: nn.Module, target: int,
-            label: str) -> None:
+            label: Message) -> None:
     """What any correct result shows: the target logit rose above the others', and the penalty shrank the image."""
     with frozen(model), torch.no_grad():
         before, after = model(start)[0], model(got)[0]
     others = torch.cat([after[:target], after[target + 1:]]).mean()
     if after[target] <= before[target]:
-        raise AssertionError(f"your image lowers the target logit ({before[target]:.3g} -> {after[target]:.3g}): "
-                             f"gradient ascent adds the step, image + lr * g / ||g|| ({label})")
+        raise CheckFailure(_("your image lowers the target logit ({before:.3g} -> {after:.3g}): gradient ascent adds "
+                             "the step, image + lr * g / ||g|| ({case})", before=before[target].item(),
+                             after=after[target].item(), case=label))
     if after[target] <= others:
-        raise AssertionError(f"the target logit of your image ({after[target]:.3g}) is not above the other "
-                             f"{CLASSES - 1} classes' mean ({others:.3g}): climb the target's own logit ({label})")
+        raise CheckFailure(_("the target logit of your image ({logit:.3g}) is not above the other {others} classes' "
+                             "mean ({mean:.3g}): climb the target's own logit ({case})", logit=after[target].item(),
+                             others=CLASSES - 1, mean=others.item(), case=label))
     if torch.allclose(got, free):
-        raise AssertionError(f"pass l2 on to every step: with l2={VIS_L2} your image is the unregularised one "
-                             f"({label})")
+        raise CheckFailure(_("pass l2 on to every step: with l2={l2} your image is the unregularised one ({case})",
+                             l2=VIS_L2, case=label))
     if got.norm() >= free.norm():
-        raise AssertionError(f"with l2={VIS_L2} your image's norm ({got.norm():.3g}) should be below the "
-                             f"unregularised run's ({free.norm():.3g}): the penalty l2 * ||I||^2 is subtracted "
-                             f"from the objective, so it pulls the image towards 0 ({label})")
+        raise CheckFailure(_("with l2={l2} your image's norm ({norm:.3g}) should be below the unregularised run's "
+                             "({free:.3g}): the penalty l2 * ||I||^2 is subtracted from the objective, so it pulls "
+                             "the image towards 0 ({case})", l2=VIS_L2, norm=got.norm().item(),
+                             free=free.norm().item(), case=label))
 
 
 def _call_visualization(fn, model: nn.Module, *args):
     """``call``, whose hint about a changed buffer or mode also says how eval mode is entered and left."""
     try:
         return call("class_visualization", fn, model, *args, models=[model])
-    except AssertionError as error:
-        if "buffer changed" in str(error) or "train/eval mode" in str(error):
-            raise AssertionError(f"{error} {EVAL_MODE}") from None
+    except ModelChanged as error:
+        if any("buffer changed" in change or "train/eval mode" in change for change in error.changes):
+            raise CheckFailure(_("{failure} {advice}", failure=error.message, advice=EVAL_MODE)) from None
         raise
 
 
 # --------------------------------------------------------------------------- total_variation
 
 
-@exercise("total_variation", "The sum of squared differences between vertical and horizontal neighbours, one value "
-                             "per image, on 3 batches (non-square, square, one image).")
+@exercise("total_variation", _("The sum of squared differences between vertical and horizontal neighbours, one "
+                               "value per image, on 3 batches (non-square, square, one image)."))
 def total_variation(fn) -> None:
     check_total_variation("total_variation", fn, [case.x for case in cases()])
 
@@ -260,7 +263,7 @@ def _fooling(model: nn.Module, x: torch.Tensor, target: int, step_size: float, m
     return (image.clamp(0, 1) if clamp == "end" else image).detach(), steps
 
 
-def _fooling_cases() -> list[tuple[str, nn.Module, torch.Tensor, int, float, int]]:
+def _fooling_cases() -> list[tuple[Message, nn.Module, torch.Tensor, int, float, int]]:
     """(label, model, x, target, step_size, max_steps): fooled after 6 and 5 steps; an image the model
     already calls the target (0 steps); and one that ``max_steps`` stops first (it would take 6). The first
     model is handed over in train mode (it has no BatchNorm: both modes compute the same), the others in
@@ -270,30 +273,29 @@ def _fooling_cases() -> list[tuple[str, nn.Module, torch.Tensor, int, float, int
         def image(seed, *size):
             return torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(seed))
 
-        return [("inplace ReLUs, model in train mode, 8x12, target 3, step_size 1, max_steps 20",
+        return [(_("inplace ReLUs, model in train mode, 8x12, target 3, step_size 1, max_steps 20"),
                  small_cnn(3, inplace=True, batchnorm=False).train(), image(3, 8, 12), 3, 1.0, 20),
-                ("BatchNorm, 8x12, target 2, step_size 2, max_steps 20",
+                (_("BatchNorm, 8x12, target 2, step_size 2, max_steps 20"),
                  small_cnn(12, inplace=False, batchnorm=True), image(12, 8, 12), 2, 2.0, 20),
-                ("an image the model already calls the target, 8x8, target 2, max_steps 20",
+                (_("an image the model already calls the target, 8x8, target 2, max_steps 20"),
                  small_cnn(9, inplace=True, batchnorm=False), image(9, 8, 8), 2, 1.0, 20),
-                ("inplace ReLUs and BatchNorm, 8x8, target 4, max_steps 4 (too few to fool it)",
+                (_("inplace ReLUs and BatchNorm, 8x8, target 4, max_steps 4 (too few to fool it)"),
                  small_cnn(30, inplace=True, batchnorm=True), image(30, 8, 8), 4, 1.0, 4)]
 
 
-STOP_BEFORE = ("look at the prediction before each step and stop as soon as it is target_class, without stepping: "
-               "an image the model already calls target_class takes 0 steps")
-NORMALISE_L2 = "divide by the L2 norm (square root of the sum of squares), not by "
+STOP_BEFORE = _("look at the prediction before each step and stop as soon as it is target_class, without stepping: "
+                "an image the model already calls target_class takes 0 steps")
 
 
-@exercise("fooling_image", "Gradient ascent on the target logit by steps of L2 length step_size, clamped to [0, 1], "
-                           "stopping as soon as the model predicts the target or after max_steps steps, on 4 cases "
-                           "(inplace ReLUs, BatchNorm, an image fooled already, max_steps too few).")
+@exercise("fooling_image", _("Gradient ascent on the target logit by steps of L2 length step_size, clamped to [0, 1], "
+                             "stopping as soon as the model predicts the target or after max_steps steps, on 4 cases "
+                             "(inplace ReLUs, BatchNorm, an image fooled already, max_steps too few)."))
 def fooling_image(fn) -> None:
     for case in _fooling_cases():
         _check_fooling(fn, *case)
 
 
-def _check_fooling(fn, label: str, model: nn.Module, x: torch.Tensor, target: int, step_size: float,
+def _check_fooling(fn, label: Message, model: nn.Module, x: torch.Tensor, target: int, step_size: float,
                    max_steps: int) -> None:
     """One case: the learner's (image, steps) against vislib's and those of typical mistakes."""
     got = call("fooling_image", fn, model, x, target, step_size, max_steps, models=[model])
@@ -305,54 +307,61 @@ def _check_fooling(fn, label: str, model: nn.Module, x: torch.Tensor, target: in
         return _fooling(model, x, target, step_size, max_steps, **how)
 
     mistakes = {
-        "normalise the step: divide the gradient by its L2 norm, so that each step has length step_size":
+        _("normalise the step: divide the gradient by its L2 norm, so that each step has length step_size"):
             wrong(norm="none"),
-        NORMALISE_L2 + "its largest absolute value": wrong(norm="max"),
-        NORMALISE_L2 + "the sum of absolute values (the L1 norm)": wrong(norm="l1"),
-        "gradient ascent climbs: add the step (image + step_size * g / ||g||), don't subtract it": wrong(sign=-1.0),
-        LOGIT_NOT_PROBABILITY: wrong(score=lambda s: s.softmax(1)),
-        LOGIT_NOT_PROBABILITY + " ": wrong(score=lambda s: s.log_softmax(1)),
-        "clamp the image to [0, 1] after every step (image.clamp(0, 1)): a fooling image must stay an image":
+        _("divide by the L2 norm (square root of the sum of squares), not by its largest absolute value"):
+            wrong(norm="max"),
+        _("divide by the L2 norm (square root of the sum of squares), not by the sum of absolute values (the L1 "
+          "norm)"): wrong(norm="l1"),
+        _("gradient ascent climbs: add the step (image + step_size * g / ||g||), don't subtract it"): wrong(sign=-1.0),
+        LOGIT_NOT_PROBABILITY: [wrong(score=lambda s: s.softmax(1)), wrong(score=lambda s: s.log_softmax(1))],
+        _("clamp the image to [0, 1] after every step (image.clamp(0, 1)): a fooling image must stay an image"):
             wrong(clamp="none"),
-        "clamp after every step, not only at the end: the next gradient must be taken at a valid image":
+        _("clamp after every step, not only at the end: the next gradient must be taken at a valid image"):
             wrong(clamp="end"),
-        f"multiply the normalised gradient by step_size (yours takes steps of length 1, not {step_size:g})":
-            _fooling(model, x, target, 1.0, max_steps),
-        STOP_BEFORE + f" (yours took 1 step, the reference {expected_steps})": wrong(stop="after"),
-        "stop as soon as the model predicts target_class, before stepping again: yours takes one step more than "
-        "it needs (look at the prediction of the current image, then step)": wrong(stop="late"),
-        f"stop as soon as the model predicts target_class: yours always takes max_steps ({max_steps}) steps":
-            wrong(stop="never"),
-        f"take at most max_steps steps, even when the model is not fooled by then (yours took {max_steps + 1})":
-            wrong(stop="extra"),
+        _("multiply the normalised gradient by step_size (yours takes steps of length 1, not {step_size:g})",
+          step_size=step_size): _fooling(model, x, target, 1.0, max_steps),
+        _("{stop_before} (yours took 1 step, the reference {steps})", stop_before=STOP_BEFORE, steps=expected_steps):
+            wrong(stop="after"),
+        _("stop as soon as the model predicts target_class, before stepping again: yours takes one step more than "
+          "it needs (look at the prediction of the current image, then step)"): wrong(stop="late"),
+        _("stop as soon as the model predicts target_class: yours always takes max_steps ({max_steps}) steps",
+          max_steps=max_steps): wrong(stop="never"),
+        _("take at most max_steps steps, even when the model is not fooled by then (yours took {steps})",
+          steps=max_steps + 1): wrong(stop="extra"),
     }
-    for hint, (wrong_image, wrong_steps) in mistakes.items():
+    for hint, (wrong_image, wrong_steps) in variants(mistakes):
         distinct = wrong_steps != expected_steps or not close(expected, wrong_image)
         if distinct and steps == wrong_steps and close(image, wrong_image):
-            raise AssertionError(f"your fooling_image gives a different result: {hint} ({label})")
+            raise CheckFailure(_("your fooling_image gives a different result: {hint} ({case})", hint=hint,
+                                 case=label))
     if steps != expected_steps:
         rule = (STOP_BEFORE if expected_steps == 0 else
-                "stop after max_steps steps even when the model is not fooled yet" if expected_steps == max_steps
-                else "stop as soon as the model predicts target_class (the argmax of the logits), and no later")
-        raise AssertionError(f"your fooling_image took {steps} steps; expected {expected_steps}: {rule} ({label})")
-    expect("fooling_image", image, expected, what=f"image ({label})")
+                _("stop after max_steps steps even when the model is not fooled yet") if expected_steps == max_steps
+                else _("stop as soon as the model predicts target_class (the argmax of the logits), and no later"))
+        raise CheckFailure(_("your fooling_image took {steps} steps; expected {expected}: {rule} ({case})",
+                             steps=steps, expected=expected_steps, rule=rule, case=label))
+    expect("fooling_image", image, expected, what=_("image ({case})", case=label))
 
 
-def _fooling_result(got, x: torch.Tensor, label: str) -> tuple[torch.Tensor, int]:
+def _fooling_result(got, x: torch.Tensor, label: Message) -> tuple[torch.Tensor, int]:
     """The learner's ``(image, steps)``: a tensor shaped like ``x`` without a graph, and the step count as an int
     (a one-element integer tensor is accepted too)."""
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        raise AssertionError(f"your fooling_image must return a pair (image, steps), got {type(got).__name__}"
-                             + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""))
+    if not isinstance(got, (tuple, list)):
+        raise CheckFailure(_("your fooling_image must return a pair (image, steps), got {type}",
+                             type=type(got).__name__))
+    if len(got) != 2:
+        raise CheckFailure(_("your fooling_image must return a pair (image, steps), got {type} of length {length}",
+                             type=type(got).__name__, length=len(got)))
     image, steps = got
-    returned_tensor("fooling_image", image, x.shape, why=f", shaped like x ({label})")
+    returned_tensor("fooling_image", image, x.shape, why=_(", shaped like x ({case})", case=label))
     if image.requires_grad:
-        raise AssertionError("your fooling_image returns an image that is still part of a graph: return "
-                             "image.detach()")
+        raise CheckFailure(_("your fooling_image returns an image that is still part of a graph: return "
+                             "image.detach()"))
     if isinstance(steps, torch.Tensor) and steps.numel() == 1 and not steps.is_floating_point() \
             and steps.dtype != torch.bool:
         steps = steps.item()
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
-        raise AssertionError(f"your fooling_image must return the number of steps as an int, got "
-                             f"{type(steps).__name__} {steps!r}")
+        raise CheckFailure(_("your fooling_image must return the number of steps as an int, got {type} {steps!r}",
+                             type=type(steps).__name__, steps=steps))
     return image.detach().float(), int(steps)

@@ -8,7 +8,8 @@ import math
 import torch
 
 from vislib import optimize, style
-from vislib.checks.harness import call, exercise, expect, returned_tensor
+from vislib.checks.harness import CheckFailure, call, exercise, expect, returned_tensor
+from vislib.checks.language import _
 from vislib.checks.offlimits import OffLimits
 
 __all__ = ["content_loss", "gram_matrix", "style_loss", "texture_synthesis", "tv_loss"]
@@ -33,14 +34,14 @@ def _differentiable(name: str, fn, *args) -> None:
     inputs = [a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args]
     value = fn(*inputs)
     if isinstance(value, torch.Tensor) and not value.requires_grad:
-        raise AssertionError(f"your {name} returns a value autograd cannot differentiate: compute it with torch "
-                             "operations only (no .item(), no numpy, no torch.no_grad())")
+        raise CheckFailure(_("your {name} returns a value autograd cannot differentiate: compute it with torch "
+                             "operations only (no .item(), no numpy, no torch.no_grad())", name=name))
 
 
 def _scalar(name: str, got) -> None:
     if isinstance(got, torch.Tensor) and got.ndim != 0:
-        raise AssertionError(f"your {name} returns shape {list(got.shape)}: return one number (a 0-dim tensor), "
-                             "summed over every element including the batch")
+        raise CheckFailure(_("your {name} returns shape {shape}: return one number (a 0-dim tensor), summed over "
+                             "every element including the batch", name=name, shape=list(got.shape)))
 
 
 # --------------------------------------------------------------------------- gram_matrix
@@ -52,19 +53,21 @@ def _gram_shape(got, features: torch.Tensor) -> None:
     if not isinstance(got, torch.Tensor):
         return
     b, c, h, w = features.shape
-    said = f"your gram_matrix returns shape {list(got.shape)}; expected {[b, c, c]}"
+    said = _("your {name} returns shape {shape}; expected {expected}", name="gram_matrix", shape=list(got.shape),
+             expected=[b, c, c])
     if tuple(got.shape) == (b, h * w, h * w):
-        raise AssertionError(f"{said}: the Gram matrix is F F^T (channels x channels), not F^T F (positions x "
-                             "positions): multiply flat by flat.transpose(1, 2)")
+        raise CheckFailure(_("{said}: the Gram matrix is F F^T (channels x channels), not F^T F (positions x "
+                             "positions): multiply flat by flat.transpose(1, 2)", said=said))
     if tuple(got.shape) in ((c, c), (1, c, c)) and b > 1:
-        raise AssertionError(f"{said}: one Gram matrix per image; keep the batch dimension "
-                             "(features.reshape(B, C, H * W))")
+        raise CheckFailure(_("{said}: one Gram matrix per image; keep the batch dimension "
+                             "(features.reshape(B, C, H * W))", said=said))
     if tuple(got.shape) == (b * c, b * c):
-        raise AssertionError(f"{said}: reshape to [B, C, H*W], not [B*C, H*W]: each image gets its own Gram matrix")
+        raise CheckFailure(_("{said}: reshape to [B, C, H*W], not [B*C, H*W]: each image gets its own Gram matrix",
+                             said=said))
 
 
-@exercise("gram_matrix", "F F^T per image, divided by C*H*W when normalize, on batches of non-square feature "
-                         "maps, with normalize=True (the default) and False.")
+@exercise("gram_matrix", _("F F^T per image, divided by C*H*W when normalize, on batches of non-square feature "
+                           "maps, with normalize=True (the default) and False."))
 def gram_matrix(fn) -> None:
     for seed, shape in enumerate(_GRAM_SHAPES):
         features = _features(seed, *shape)
@@ -76,37 +79,38 @@ def gram_matrix(fn) -> None:
         one_for_all = (pooled @ pooled.T).expand(b, c, c)
         scrambled = features.reshape(c, -1)
         scrambled_for_all = (scrambled @ scrambled.T).expand(b, c, c)
-        batch = "reshape each image on its own, features.reshape(B, C, H*W): "
         mistakes = {
-            "divide by C*H*W when normalize=True": plain,
-            f"divide by C*H*W, not by H*W only (yours is C = {c} times too large)": plain / (h * w),
-            "divide by C*H*W, not by C only": plain / c,
-            "divide by C*H*W, not by C*C": plain / (c * c),
-            "divide each image's Gram by C*H*W, not by B*C*H*W: the batch size plays no part": plain / (b * scale),
-            "reshape to [B, C, H*W] (features.reshape(B, C, -1)); a reshape to [B, H*W, C] does not move the "
-            "channels last, it mixes channels and positions": mixed.transpose(1, 2) @ mixed / scale,
-            batch + "one Gram for the whole batch mixes the images": one_for_all / scale,
-            batch + "a reshape to [C, B*H*W] mixes images and channels": scrambled_for_all / scale,
-            "don't subtract the mean: the Gram matrix is F F^T of the features themselves; centring them first "
-            "gives the covariance": style.gram_matrix(features - features.mean(dim=(2, 3), keepdim=True)),
+            _("divide by C*H*W when normalize=True"): plain,
+            _("divide by C*H*W, not by H*W only (yours is C = {c} times too large)", c=c): plain / (h * w),
+            _("divide by C*H*W, not by C only"): plain / c,
+            _("divide by C*H*W, not by C*C"): plain / (c * c),
+            _("divide each image's Gram by C*H*W, not by B*C*H*W: the batch size plays no part"): plain / (b * scale),
+            _("reshape to [B, C, H*W] (features.reshape(B, C, -1)); a reshape to [B, H*W, C] does not move the "
+              "channels last, it mixes channels and positions"): mixed.transpose(1, 2) @ mixed / scale,
+            _("reshape each image on its own, features.reshape(B, C, H*W): one Gram for the whole batch mixes the "
+              "images"): one_for_all / scale,
+            _("reshape each image on its own, features.reshape(B, C, H*W): a reshape to [C, B*H*W] mixes images and "
+              "channels"): scrambled_for_all / scale,
+            _("don't subtract the mean: the Gram matrix is F F^T of the features themselves; centring them first "
+              "gives the covariance"): style.gram_matrix(features - features.mean(dim=(2, 3), keepdim=True)),
         }
-        label = f"features of shape {list(shape)}"
         got = call("gram_matrix", fn, features)
         _gram_shape(got, features)
-        expect("gram_matrix", got, plain / scale, mistakes, what=f"Gram matrix ({label})")
+        expect("gram_matrix", got, plain / scale, mistakes,
+               what=_("Gram matrix (features of shape {shape})", shape=list(shape)))
         got = call("gram_matrix", lambda f: fn(f, normalize=False), features)
         _gram_shape(got, features)
-        expect("gram_matrix", got, plain, {"with normalize=False return the plain sums F F^T, without dividing":
-                                           plain / scale}, what=f"Gram matrix with normalize=False ({label})")
+        expect("gram_matrix", got, plain, {_("with normalize=False return the plain sums F F^T, without dividing"):
+                                           plain / scale},
+               what=_("Gram matrix with normalize=False (features of shape {shape})", shape=list(shape)))
 
 
 # --------------------------------------------------------------------------- content_loss
 
-NOT_SQUARED = "square the distance: ||F - P||^2 / ||P||^2, not ||F - P|| / ||P||"
-NOT_ABSOLUTE = "square the differences, not their absolute values"
+NOT_ABSOLUTE = _("square the differences, not their absolute values")
 
 
-@exercise("content_loss", "||F - P||^2 / ||P||^2, one differentiable number, on feature maps of 3 shapes.")
+@exercise("content_loss", _("||F - P||^2 / ||P||^2, one differentiable number, on feature maps of 3 shapes."))
 def content_loss(fn) -> None:
     for seed, shape in enumerate(((1, 4, 5, 6), (2, 3, 4, 4), (1, 8, 2, 3))):
         features, target = _features(2 * seed, *shape), _features(2 * seed + 1, *shape)
@@ -115,20 +119,20 @@ def content_loss(fn) -> None:
         expected = style.content_loss(features, target)
         difference = features - target
         mistakes = {
-            "divide by the target's squared norm ||P||^2 (so that 1 means \"as far as from zero\")":
+            _("divide by the target's squared norm ||P||^2 (so that 1 means \"as far as from zero\")"):
                 difference.square().sum(),
-            "this is the mean squared error: divide the summed squared difference by the target's squared norm "
-            "||P||^2 instead": difference.square().mean(),
-            "divide by the target's ||P||^2, not by the features' own ||F||^2":
+            _("this is the mean squared error: divide the summed squared difference by the target's squared norm "
+              "||P||^2 instead"): difference.square().mean(),
+            _("divide by the target's ||P||^2, not by the features' own ||F||^2"):
                 difference.square().sum() / features.square().sum(),
-            NOT_SQUARED: difference.norm() / target.norm(),
+            _("square the distance: ||F - P||^2 / ||P||^2, not ||F - P|| / ||P||"): difference.norm() / target.norm(),
             NOT_ABSOLUTE: difference.abs().sum() / target.abs().sum(),
-            "numerator and denominator must both be sums (or both means): yours mixes a mean with a sum":
+            _("numerator and denominator must both be sums (or both means): yours mixes a mean with a sum"):
                 difference.square().mean() / target.square().sum(),
-            "this is Gatys et al.'s 1/2 * sum (F - P)^2: this assignment's content loss divides the summed squared "
-            "difference by the target's squared norm ||P||^2, and has no 1/2": difference.square().sum() / 2,
+            _("this is Gatys et al.'s 1/2 * sum (F - P)^2: this assignment's content loss divides the summed squared "
+              "difference by the target's squared norm ||P||^2, and has no 1/2"): difference.square().sum() / 2,
         }
-        expect("content_loss", got, expected, mistakes, what=f"loss (feature maps {list(shape)})")
+        expect("content_loss", got, expected, mistakes, what=_("loss (feature maps {shape})", shape=list(shape)))
         _differentiable("content_loss", fn, features, target)
 
 
@@ -145,16 +149,16 @@ def _style_inputs() -> tuple[dict, dict]:
     return features, grams
 
 
-@exercise("style_loss", "the mean over the target's layers of ||G(F_l) - A_l||^2 / ||A_l||^2, one differentiable "
-                        "number, on 3 layers of different sizes (and one more layer without a target).")
+@exercise("style_loss", _("the mean over the target's layers of ||G(F_l) - A_l||^2 / ||A_l||^2, one differentiable "
+                          "number, on 3 layers of different sizes (and one more layer without a target)."))
 def style_loss(fn) -> None:
     features, grams = _style_inputs()
     try:
         got = call("style_loss", fn, features, grams)
     except KeyError as error:
-        raise AssertionError(f"your style_loss looks for a layer that has no target Gram ({error}): loop over "
-                             "the layers of target_grams; features may hold more layers (the content layer, say)"
-                             ) from error
+        raise CheckFailure(_("your style_loss looks for a layer that has no target Gram ({error}): loop over the "
+                             "layers of target_grams; features may hold more layers (the content layer, say)",
+                             error=str(error))) from error
     _scalar("style_loss", got)
     expected = style.style_loss(features, grams)
 
@@ -165,22 +169,23 @@ def style_loss(fn) -> None:
         return sum(values) / len(values)
 
     squared = per_layer(lambda g, a: (g - a).square().sum())
-    mse = ("divide each layer's summed squared difference by ||A_l||^2, the target Gram's squared norm, not by the "
-           "number of elements (F.mse_loss is the mean squared error)")
     mistakes = {
-        mse: mean(per_layer(lambda g, a: (g - a).square().mean())),
-        mse + " ": sum(per_layer(lambda g, a: (g - a).square().mean())),
-        f"average over the layers (divide by their number, {len(grams)}), not their sum": expected * len(grams),
-        "divide each layer's squared difference by ||A_l||^2, the target Gram's squared norm": mean(squared),
-        "divide by the target Gram's ||A_l||^2, not by your image's own ||G_l||^2":
+        _("divide each layer's summed squared difference by ||A_l||^2, the target Gram's squared norm, not by the "
+          "number of elements (F.mse_loss is the mean squared error)"):
+            [mean(per_layer(lambda g, a: (g - a).square().mean())),
+             sum(per_layer(lambda g, a: (g - a).square().mean()))],
+        _("average over the layers (divide by their number, {count}), not their sum", count=len(grams)):
+            expected * len(grams),
+        _("divide each layer's squared difference by ||A_l||^2, the target Gram's squared norm"): mean(squared),
+        _("divide by the target Gram's ||A_l||^2, not by your image's own ||G_l||^2"):
             mean(per_layer(lambda g, a: (g - a).square().sum() / g.square().sum())),
-        NOT_SQUARED.replace("F - P", "G - A").replace("||P||", "||A||"):
+        _("square the distance: ||G - A||^2 / ||A||^2, not ||G - A|| / ||A||"):
             mean(per_layer(lambda g, a: (g - a).norm() / a.norm())),
-        "compute the Grams the way the targets were computed, gram_matrix(features) with normalize=True":
+        _("compute the Grams the way the targets were computed, gram_matrix(features) with normalize=True"):
             mean([(style.gram_matrix(features[n], normalize=False) - a).square().sum() / a.square().sum()
                   for n, a in grams.items()]),
     }
-    expect("style_loss", got, expected, mistakes, what="loss (3 layers)")
+    expect("style_loss", got, expected, mistakes, what=_("loss (3 layers)"))
     _differentiable("style_loss", lambda *tensors: fn(dict(zip(features, tensors)), grams), *features.values())
 
 
@@ -200,29 +205,28 @@ def check_total_variation(name: str, fn, images) -> None:
         def per_image(t):
             return t.flatten(1).sum(1)
 
-        both = "add both directions: differences between vertical neighbours (rows) and horizontal ones (columns)"
         mistakes = {
-            "square the differences between neighbours (beta = 2), not their absolute values":
+            _("square the differences between neighbours (beta = 2), not their absolute values"):
                 per_image(dy.abs()) + per_image(dx.abs()),
-            both: per_image(dx.square()),
-            both + " ": per_image(dy.square()),
-            "sum the squared differences over channels and pixels, don't average them":
+            _("add both directions: differences between vertical neighbours (rows) and horizontal ones (columns)"):
+                [per_image(dx.square()), per_image(dy.square())],
+            _("sum the squared differences over channels and pixels, don't average them"):
                 dy.square().flatten(1).mean(1) + dx.square().flatten(1).mean(1),
-            "compare each pixel with its neighbours inside the image: torch.roll also pairs the last row (column) "
-            "with the first": per_image(wrap_dy.square()) + per_image(wrap_dx.square()),
-            "differences between neighbouring pixels only (rows and columns), not between colour channels":
+            _("compare each pixel with its neighbours inside the image: torch.roll also pairs the last row (column) "
+              "with the first"): per_image(wrap_dy.square()) + per_image(wrap_dx.square()),
+            _("differences between neighbouring pixels only (rows and columns), not between colour channels"):
                 expected + per_image((image[:, 1:] - image[:, :-1]).square()),
-            "no square root: this total variation adds up the squared differences themselves":
+            _("no square root: this total variation adds up the squared differences themselves"):
                 per_image((dy[..., :, :-1].square() + dx[..., :-1, :].square()).sqrt()),
-            "return one value per image, shape [B]: sum over channels, rows and columns, not over the batch":
+            _("return one value per image, shape [B]: sum over channels, rows and columns, not over the batch"):
                 expected.sum(),
         }
-        expect(name, got, expected, mistakes, what=f"total variation (images {list(image.shape)})")
+        expect(name, got, expected, mistakes, what=_("total variation (images {shape})", shape=list(image.shape)))
         _differentiable(name, lambda x: fn(x).sum(), image)
 
 
-@exercise("tv_loss", "the sum of squared differences between vertical and horizontal neighbours, one value per "
-                     "image, on non-square batches.")
+@exercise("tv_loss", _("the sum of squared differences between vertical and horizontal neighbours, one value per "
+                       "image, on non-square batches."))
 def tv_loss(fn) -> None:
     check_total_variation("tv_loss", fn, [torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
                                           for seed, shape in enumerate(((2, 3, 5, 7), (1, 3, 6, 4)))])
@@ -237,9 +241,9 @@ def _same_texture_again(fn, net, texture: torch.Tensor, got: torch.Tensor) -> No
     torch.manual_seed(torch.initial_seed() + 1)
     again = call("texture_synthesis", fn, net, texture, TEXTURE_LAYERS, TEXTURE_STEPS, models=[net])
     if not isinstance(again, torch.Tensor) or not torch.allclose(again.detach(), got, rtol=1e-4, atol=1e-5):
-        raise AssertionError("your texture_synthesis gives a different texture each time: draw the starting noise "
+        raise CheckFailure(_("your texture_synthesis gives a different texture each time: draw the starting noise "
                              "from a fixed seed, torch.rand(style_image.shape, "
-                             "generator=torch.Generator().manual_seed(0))")
+                             "generator=torch.Generator().manual_seed(0))"))
 
 
 def _stripes(size: int = 32) -> torch.Tensor:
@@ -250,28 +254,30 @@ def _stripes(size: int = 32) -> torch.Tensor:
     return (waves[None] + 0.1 * noise).clamp(0, 1)
 
 
-@exercise("texture_synthesis", f"from noise, {TEXTURE_STEPS} steps lower the style loss of a 32x32 texture "
-                               f"below {ENOUGH:.0%} of random noise's, without copying it or changing the network, "
-                               "and give the same texture again.")
+@exercise("texture_synthesis", _("from noise, {steps} steps lower the style loss of a 32x32 texture below "
+                                 "{enough:.0%} of random noise's, without copying it or changing the network, and "
+                                 "give the same texture again.", steps=TEXTURE_STEPS, enough=ENOUGH))
 def texture_synthesis(fn) -> None:
     net = style.vgg19_features.__wrapped__(False, seed=0, last=TEXTURE_LAYERS[-1])  # a fresh copy, not the cached one
     texture = _stripes()
     got = call("texture_synthesis", fn, net, texture, TEXTURE_LAYERS, TEXTURE_STEPS, models=[net])
-    returned_tensor("texture_synthesis", got, texture.shape, why=", an image the size of the style image")
+    returned_tensor("texture_synthesis", got, texture.shape, why=_(", an image the size of the style image"))
     if got.requires_grad:
-        raise AssertionError("your texture_synthesis returns an image that still requires grad: return "
-                             "image.detach(), the pixels without their optimiser's graph")
+        raise CheckFailure(_("your texture_synthesis returns an image that still requires grad: return "
+                             "image.detach(), the pixels without their optimiser's graph"))
     got = got.detach()
     if not torch.isfinite(got).all():
-        raise AssertionError("your texture_synthesis returns NaN or infinite pixels: lower the learning rate")
+        raise CheckFailure(_("your texture_synthesis returns NaN or infinite pixels: lower the learning rate"))
     if got.min() < 0 or got.max() > 1:
-        raise AssertionError(f"your texture_synthesis returns pixels in [{got.min():.2f}, {got.max():.2f}]: clamp them "
-                             "to [0, 1] after each step (inside torch.no_grad(), image.clamp_(0, 1))")
+        raise CheckFailure(_("your texture_synthesis returns pixels in [{low:.2f}, {high:.2f}]: clamp them to [0, 1] "
+                             "after each step (inside torch.no_grad(), image.clamp_(0, 1))", low=got.min().item(),
+                             high=got.max().item()))
     _same_texture_again(fn, net, texture, got)
     correlation = torch.corrcoef(torch.stack([got.flatten(), texture.flatten()]))[0, 1].item()
     if correlation > 0.9:
-        raise AssertionError(f"your texture is a copy of the style image (pixel correlation {correlation:.2f}): start "
-                             "from noise and match only the Gram matrices (style_loss), not the feature maps")
+        raise CheckFailure(_("your texture is a copy of the style image (pixel correlation {correlation:.2f}): start "
+                             "from noise and match only the Gram matrices (style_loss), not the feature maps",
+                             correlation=correlation))
 
     with torch.no_grad():
         targets = {n: style.gram_matrix(f) for n, f in style.extract(net, texture, TEXTURE_LAYERS).items()}
@@ -282,10 +288,12 @@ def texture_synthesis(fn) -> None:
         noise = loss(torch.rand(texture.shape, generator=torch.Generator().manual_seed(1)))
         reached = loss(got)
     if reached > noise:
-        raise AssertionError(f"your texture's style loss {reached:.3g} is higher than random noise's ({noise:.3g}): "
-                             "minimise the loss (loss.backward(), then optimizer.step()), don't maximise it")
+        raise CheckFailure(_("your texture's style loss {reached:.3g} is higher than random noise's ({noise:.3g}): "
+                             "minimise the loss (loss.backward(), then optimizer.step()), don't maximise it",
+                             reached=reached, noise=noise))
     if reached > ENOUGH * noise:
-        raise AssertionError(f"your texture's style loss {reached:.3g} is {reached / noise:.0%} of random noise's "
-                             f"({noise:.3g}) after {TEXTURE_STEPS} steps; it should fall below {ENOUGH:.0%}: optimise "
-                             "the image's pixels (requires_grad=True), zero the gradient and call optimizer.step() "
-                             "at every step (L-BFGS with lr=1, or Adam with lr=0.05)")
+        raise CheckFailure(_("your texture's style loss {reached:.3g} is {share:.0%} of random noise's ({noise:.3g}) "
+                             "after {steps} steps; it should fall below {enough:.0%}: optimise the image's pixels "
+                             "(requires_grad=True), zero the gradient and call optimizer.step() at every step (L-BFGS "
+                             "with lr=1, or Adam with lr=0.05)", reached=reached, share=reached / noise, noise=noise,
+                             steps=TEXTURE_STEPS, enough=ENOUGH))
