@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass, field
 
 from vislib.checks.harness import LearnerError, Outcome
+from vislib.checks.language import _
 from vislib.checks.offlimits import OffLimitsCall
 from vislib.grading import wire
 
@@ -101,13 +102,13 @@ class Runner:
             reply = wire.receive(self._sock, trusted=False)
         except TimeoutError:
             self.stop()
-            raise RunnerGone(f"it ran for more than {self.timeout:.0f} s and was stopped") from None
+            raise RunnerGone(_("it ran for more than {seconds:.0f} s and was stopped", seconds=self.timeout)) from None
         except (EOFError, OSError, ValueError):
             self.stop()
-            raise RunnerGone("the Python process running it ended (an exit, a crash, or memory ran out)") from None
+            raise RunnerGone(_("the Python process running it ended (an exit, a crash, or memory ran out)")) from None
         if not isinstance(reply, dict):
             self.stop()
-            raise RunnerGone("the Python process running it sent a malformed reply")
+            raise RunnerGone(_("the Python process running it sent a malformed reply"))
         self.refused.update(str(r) for r in reply.get("refused", ()))
         return reply
 
@@ -148,11 +149,11 @@ class RemoteFunction:
         try:
             reply = self.runner.call(self.name, tuple(args), dict(kwargs), list(models))
         except RunnerGone as gone:
-            raise AssertionError(f"your {self.name}: {gone}. Look for an endless loop, an exit, or a very "
-                                 "large tensor.") from None
+            raise AssertionError(_("your {name}: {why}. Look for an endless loop, an exit, or a very large tensor.",
+                                   name=self.name, why=gone.args[0])) from None
         if reply.get("missing"):
-            raise AssertionError(f"{self.name} is not defined in your notebook: keep the function's name and run "
-                                 "the cell that defines it")
+            raise AssertionError(_("{name} is not defined in your notebook: keep the function's name and run the "
+                                   "cell that defines it", name=self.name))
         if reply.get("not_implemented"):
             raise NotImplementedError
         if reply.get("error"):
