@@ -1,13 +1,15 @@
 """A learner's feedback page in headless Chromium, with the network off: its formulas are drawn
 (MathML, no MathJax from a CDN), nothing but the file itself is requested, and every character of its
 visible text beyond ASCII (the learners' Korean, the check messages) is drawn with a real glyph of an
-installed font, not the missing-glyph box (tests/browser/glyphs.py).
+installed font, not the missing-glyph box, and no output shows matplotlib's warning of a figure drawn
+without a glyph (tests/browser/glyphs.py).
 
 One honest saliency submission is graded by `make autograde` in a temporary course; its feedback
 page must show every formula of the assignment's markdown, each with a size on the page. A second
 test proves the glyph check on the page's own styles, whatever the assignment's text: a copy of the
 page with a Korean paragraph and a Korean check message passes, drawn with the Korean fonts that the
-page names; with a character no font has, or in a browser without Korean fonts, it fails. Screenshots
+page names; with a character no font has (or matplotlib's warning), or in a browser without Korean
+fonts, it fails. Screenshots
 go to build/site-check/. Run with `make check-feedback`.
 """
 
@@ -22,7 +24,15 @@ from playwright.sync_api import sync_playwright
 from tests import grading_course
 from tests.browser.check_site import ROOT, SHOTS, formulas_in_sources
 from tests.browser.chromium import launch, offline_context
-from tests.browser.glyphs import NO_GLYPH, glyph_report, missing_glyphs, platform_fonts, without_fonts_for
+from tests.browser.glyphs import (
+    NO_GLYPH,
+    figure_tofu,
+    glyph_report,
+    matplotlib_warning_for,
+    missing_glyphs,
+    platform_fonts,
+    without_fonts_for,
+)
 
 DRAWN_FORMULAS = """() => [...document.querySelectorAll("math")]
     .filter(math => { const box = math.getBoundingClientRect(); return box.width > 0 && box.height > 0; }).length"""
@@ -51,7 +61,7 @@ def test_a_feedback_page_draws_its_formulas_and_its_characters_offline(graded):
             page.goto(page_file.resolve().as_uri(), wait_until="load")
             drawn = page.evaluate(DRAWN_FORMULAS)
             score = page.locator("text=Score").count()
-            glyphs = missing_glyphs(page)
+            glyphs, in_figures = missing_glyphs(page), figure_tofu(page)
             page.screenshot(path=SHOTS / "feedback.png", full_page=True)
         finally:
             browser.close()
@@ -62,6 +72,7 @@ def test_a_feedback_page_draws_its_formulas_and_its_characters_offline(graded):
     assert score > 0, "the page shows no score"
     assert not glyphs["missing"] and not glyphs["unusable"], (
         f"characters without a glyph (drawn as the missing-glyph box):\n{glyph_report({page_file.name: glyphs})}")
+    assert not in_figures, f"figures with characters drawn without a glyph (matplotlib's warnings): {in_figures}"
 
 
 KOREAN = "기울기의 절댓값이 클수록 그 픽셀이 점수에 더 큰 영향을 줍니다. 可視化 · α ∂"
@@ -72,12 +83,14 @@ def test_the_glyph_check_fails_on_missing_glyphs_and_passes_on_korean(graded, tm
     html = (graded / "feedback" / "honest" / "saliency" / "saliency.html").read_text(encoding="utf-8")
     body = html.index(">", html.index("<body")) + 1
 
-    def with_text(name: str, extra: str = "") -> str:
-        added = f'<div class="text_cell_render rendered_html"><p>{KOREAN}{extra}</p></div><pre>{MESSAGE}</pre>'
+    def with_text(name: str, extra: str = "", stderr: str = "") -> str:
+        added = f'<div class="text_cell_render rendered_html"><p>{KOREAN}{extra}</p></div><pre>{MESSAGE}{stderr}</pre>'
         (tmp_path / name).write_text(html[:body] + added + html[body:], encoding="utf-8")
         return (tmp_path / name).as_uri()
 
-    korean, tofu = with_text("korean.html"), with_text("tofu.html", f" 그리고 {NO_GLYPH} 하나.")
+    warning = matplotlib_warning_for("기울기 지도")
+    korean = with_text("korean.html")
+    tofu = with_text("tofu.html", f" 그리고 {NO_GLYPH} 하나.", stderr=f"\n/tmp/1.py:3: UserWarning: {warning}")
     refused = []
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
@@ -85,10 +98,10 @@ def test_the_glyph_check_fails_on_missing_glyphs_and_passes_on_korean(graded, tm
         try:
             page = offline_context(browser, refused).new_page()
             page.goto(korean, wait_until="load")
-            with_fonts = missing_glyphs(page)
+            with_fonts, figures_with_fonts = missing_glyphs(page), figure_tofu(page)
             prose, message = platform_fonts(page, ".rendered_html p"), platform_fonts(page, "pre")
             page.goto(tofu, wait_until="load")
-            with_tofu = missing_glyphs(page)
+            with_tofu, figures_with_tofu = missing_glyphs(page), figure_tofu(page)
         finally:
             browser.close()
         browser = launch(playwright, env=without_fonts_for("한", tmp_path))  # as if fonts-noto-cjk were missing
@@ -103,11 +116,13 @@ def test_the_glyph_check_fails_on_missing_glyphs_and_passes_on_korean(graded, tm
     shown = {char for char in KOREAN + MESSAGE if unicodedata.name(char, "").startswith(("HANGUL", "CJK"))}
     report = glyph_report({"korean.html": without_fonts, "tofu.html": with_tofu})
     print(f"\nKorean feedback page: {with_fonts['checked']} characters checked; prose drawn with {prose}, "
-          f"the message with {message}\nthe reports of the failures that must fail:\n{report}")
+          f"the message with {message}\nthe reports of the failures that must fail:\n{report}\n"
+          f"in figures: {figures_with_tofu}")
     assert not refused, refused
     assert not with_fonts["missing"] and not with_fonts["unusable"], glyph_report({"korean.html": with_fonts})
     assert "Noto Sans CJK KR" in prose and "Noto Sans Mono CJK KR" in message, "the page names the Korean fonts"
     assert [entry["char"] for entry in with_tofu["missing"]] == [NO_GLYPH], with_tofu
+    assert not figures_with_fonts and figures_with_tofu == [warning], (figures_with_fonts, figures_with_tofu, warning)
     assert {entry["char"] for entry in without_fonts["missing"]} == shown, "every Hangul and hanja, nothing else"
     for piece in ("korean.html", "tofu.html", "U+10FFFD", "U+AE30", "그리고", "기울기의 절댓값이"):  # U+AE30: 기
         assert piece in report, piece

@@ -13,6 +13,11 @@ same, else the font's characters count as unchecked and the check fails.
 
 ``missing_glyphs(page)`` runs the check on the page shown; ``glyph_report(missing)`` words a
 failure: the page, the characters (with their code points) and a snippet of text around each.
+Figures are images: a character matplotlib has no glyph for is a box inside the PNG, out of the
+canvas test's reach, but matplotlib says so in a warning that the page shows in the cell's output
+("Glyph 44592 (\\N{HANGUL SYLLABLE GI}) missing from font(s) DejaVu Sans."); ``figure_tofu(page)``
+finds those warnings in the page's text.
+
 ``without_fonts_for(char, folder)`` writes a fontconfig file under which no installed font has
 ``char``: Chromium launched with it draws that character as tofu on any machine, which is how the
 checks prove that this test fails on a missing glyph.
@@ -20,14 +25,20 @@ checks prove that this test fails on a missing glyph.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import subprocess
+import warnings
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 # A code point no font has (plane 16's last private-use character), and a second one to check it by.
 NO_GLYPH = "\U0010fffd"
 ALSO_NO_GLYPH = "\U000ffffd"
+
+# matplotlib's warning for a character its fonts have no glyph for (matplotlib/_text_helpers.py).
+FIGURE_WARNING = re.compile(r"Glyph \d+ \((?:\\N\{[^}]*\}|[^)]*)\) missing from font\(s\) [^\n]*?\.(?=\s|$)")
 
 MISSING_GLYPHS = r"""async ([noGlyph, alsoNoGlyph]) => {
     await document.fonts.ready;
@@ -88,6 +99,24 @@ def missing_glyphs(page) -> dict:
     use: a font the canvas refuses, or one in which two code points without glyphs draw differently;
     their characters are unchecked, and the checks fail on them too)."""
     return page.evaluate(MISSING_GLYPHS, [NO_GLYPH, ALSO_NO_GLYPH])
+
+
+def figure_tofu(page) -> list[str]:
+    """matplotlib's warnings, shown in the page's text, about characters drawn without a glyph in a figure."""
+    return sorted(set(FIGURE_WARNING.findall(page.evaluate("document.body.innerText"))))
+
+
+def matplotlib_warning_for(text: str) -> str:
+    """The warning matplotlib gives for ``text`` (no ASCII) in a figure title drawn with DejaVu Sans alone."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    with warnings.catch_warnings(record=True) as caught, matplotlib.rc_context({"font.family": ["DejaVu Sans"]}):
+        warnings.simplefilter("always")
+        figure = Figure()
+        figure.add_subplot().set_title(text)
+        figure.savefig(io.BytesIO(), format="png")
+    return next(str(warning.message) for warning in caught if "missing from font" in str(warning.message))
 
 
 def glyph_report(pages: dict[str, dict]) -> str:
