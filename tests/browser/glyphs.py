@@ -55,15 +55,12 @@ MISSING_GLYPHS = r"""async ([noGlyph, alsoNoGlyph]) => {
         const font = `${style.fontStyle} ${style.fontWeight} ${style.fontFamily}`;
         const sized = `${style.fontStyle} ${style.fontWeight} 32px ${style.fontFamily}`;
         if (!found.has(font)) found.set(font, {sized, chars: new Map()});
-        const chars = found.get(font).chars, text = node.data;
-        let at = 0;
-        for (const char of text) {
+        const chars = found.get(font).chars, points = [...node.data];  // by code point: no half surrogate pair
+        points.forEach((char, at) => {
             if (!skip.test(char) && !chars.has(char)) {
-                const from = Math.max(0, at - 20);
-                chars.set(char, text.slice(from, at + char.length + 20).replace(/\s+/g, " ").trim());
+                chars.set(char, points.slice(Math.max(0, at - 20), at + 21).join("").replace(/\s+/g, " ").trim());
             }
-            at += char.length;
-        }
+        });
     }
     const canvas = document.createElement("canvas");
     canvas.width = 160; canvas.height = 64;
