@@ -101,8 +101,10 @@ clean:
 CHROMIUM        ?= /usr/bin/chromium
 BROWSER_LIMIT_S ?= 420
 
-browser-deps: setup  ## Debian's Chromium (apt-get, as root) and Playwright for Python; no browser download
+browser-deps: setup  ## Debian's Chromium and a Korean font (apt-get, as root) and Playwright for Python; no browser download
 	test -x $(CHROMIUM) || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	command -v fc-list >/dev/null && test -n "$$(fc-list :lang=ko)" || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y fontconfig fonts-noto-cjk)
 	$(PIP) -e ".[test,browser]"
 
 test-browser: browser-deps  ## JupyterLab + headless Chromium: run a notebook, change an explorer, its figure changes
@@ -112,8 +114,8 @@ test-browser: browser-deps  ## JupyterLab + headless Chromium: run a notebook, c
 book: setup  ## run every notebook and render the course site in build/site/ (nbconvert)
 	$(BIN)/python book/build.py --out build/site
 
-check-book: browser-deps  ## open build/site in headless Chromium, network off: every page shows its figures and typesets its formulas
+check-book: browser-deps  ## open build/site in headless Chromium, network off: every page shows its figures, typesets its formulas, has a glyph for every character
 	$(BIN)/pytest -p no:cacheprovider -s tests/browser/check_site.py
 
-check-feedback: browser-deps  ## grade one submission, open its feedback page in headless Chromium, network off: formulas drawn
+check-feedback: browser-deps  ## grade one submission, open its feedback page in headless Chromium, network off: formulas and characters drawn
 	$(BIN)/pytest -p no:cacheprovider -s tests/browser/check_feedback.py

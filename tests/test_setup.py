@@ -23,9 +23,27 @@ def test_environment_yml_pins_agree_with_constraints():
 
 def test_every_dependency_is_pinned():
     pyproject = (ROOT / "pyproject.toml").read_text()
-    names = set(re.findall(r'^\s+"([a-z0-9-]+)[^"]*",?$', pyproject, flags=re.M))
+    names = {name.lower() for name in re.findall(r'^\s+"([A-Za-z0-9_.-]+)[^"]*",?\s*(?:#.*)?$', pyproject, flags=re.M)}
     names.discard("setuptools")
+    assert {"jupyterlab", "jupyterlab-language-pack-ko-kr"} <= names  # the core dependencies, one a line
     assert names <= set(_pins((ROOT / "constraints.txt").read_text().splitlines())) | {"pip"}
+
+
+def test_jupyterlab_speaks_korean():
+    """The pinned Korean language pack is a dependency of vislib, so `make setup` (hence `make lab` and `make
+    test`) installs it, and JupyterLab lists Korean (ko_KR) under Settings > Language."""
+    from importlib.metadata import version
+
+    from jupyterlab_server.translation_utils import get_language_pack, get_language_packs
+
+    pins = _pins((ROOT / "constraints.txt").read_text().splitlines())
+    pack = pins["jupyterlab-language-pack-ko-kr"]
+    assert pack.split(".")[0] == pins["jupyterlab"].split(".")[0], "a pack for another JupyterLab major version"
+    assert version("jupyterlab-language-pack-ko-KR") == pack, "run `make setup`: the venv has another Korean pack"
+    packs, _ = get_language_packs("en")
+    assert packs["ko_KR"]["nativeName"].startswith("한국어"), packs
+    strings, _ = get_language_pack("ko_KR")
+    assert re.search("[가-힣]", strings["jupyterlab"]["Settings"][0]), strings["jupyterlab"]["Settings"]
 
 
 def test_readme_quick_start_is_two_commands():

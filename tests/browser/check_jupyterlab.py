@@ -70,9 +70,12 @@ def free_port() -> int:
 
 
 def lab_settings(settings_dir: Path):
-    """Fresh user settings: no autosave, no kernel dialog, no news or update checks (offline, and no pop-up)."""
+    """Fresh user settings: no autosave, no kernel dialog, no news or update checks (offline, and no pop-up),
+    and English whatever the system's locale: with the Korean language pack installed, JupyterLab speaks
+    Korean on a Korean system, and this test finds the menus by their English labels."""
     for plugin, values in {"docmanager-extension/plugin": {"autosave": False},
-                           "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False}}.items():
+                           "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+                           "translation-extension/plugin": {"locale": "en"}}.items():
         path = settings_dir / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))

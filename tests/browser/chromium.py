@@ -14,11 +14,12 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-background-networking", "--disable-component-update", "--no-proxy-server"]
 
 
-def launch(playwright):
-    """A headless Chromium browser from /usr/bin/chromium (or $VISLIB_CHROMIUM)."""
+def launch(playwright, env: dict | None = None):
+    """A headless Chromium browser from /usr/bin/chromium (or $VISLIB_CHROMIUM); ``env``: its environment
+    (default: this process's)."""
     if not Path(CHROMIUM).exists():
         raise FileNotFoundError(f"{CHROMIUM} is missing: apt-get install chromium (make test-browser does it)")
-    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS, env=env)
 
 
 def only_from(page, prefix: str):

@@ -1,6 +1,7 @@
 """Feedback pages whose formulas need no network: the markdown's TeX becomes MathML when the page is
 made, which browsers draw themselves, so a page stays one self-contained file (nbgrader releases
-feedback to learners as a single HTML file, and nbgrader's template loads MathJax from a CDN).
+feedback to learners as a single HTML file, and nbgrader's template loads MathJax from a CDN). Its font
+stacks name a Korean font after the Latin ones, for the learners' Korean text and messages.
 
 ``assignments/nbgrader_config.py`` makes ``FeedbackExporter`` nbgrader's feedback exporter.
 """
@@ -19,6 +20,15 @@ FORMULA = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<![\\$])\$((?
 CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
 CDN_MATHJAX = re.compile(r"<script[^>]*\bsrc=\"https?://[^\"]*mathjax[^\"]*\"[^>]*>\s*</script>", re.I)
 TOKEN = "VISLIBFORMULA{:05d}X"
+# nbgrader's feedback page (Bootstrap 3) with a Korean font after its Latin ones: Hangul and hanja are drawn
+# with Noto Sans CJK KR (fonts-noto-cjk), Apple SD Gothic Neo (macOS) or Malgun Gothic (Windows), not with
+# whatever CJK font the system falls back to. Placed last in the head, so it outranks Bootstrap's rules.
+KOREAN_FONTS = """<style>
+body { font-family: "Helvetica Neue", Helvetica, Arial, "Noto Sans CJK KR", "Noto Sans KR", "Apple SD Gothic Neo",
+  "Malgun Gothic", sans-serif; }
+code, kbd, pre, samp { font-family: Menlo, Monaco, Consolas, "Courier New", "Noto Sans Mono CJK KR", monospace; }
+</style>
+"""
 
 
 def to_mathml(tex: str, display: bool) -> str:
@@ -47,7 +57,7 @@ def _tokenise(source: str, formulas: list[str]) -> str:
 
 
 class FeedbackExporter(HTMLExporter):
-    """nbconvert's HTML exporter, with the markdown's formulas as MathML and no MathJax script."""
+    """nbconvert's HTML exporter, with the markdown's formulas as MathML, no MathJax script, Korean fonts."""
 
     def from_notebook_node(self, nb, resources=None, **kw):
         formulas: list[str] = []
@@ -57,5 +67,6 @@ class FeedbackExporter(HTMLExporter):
                 cell.source = _tokenise(cell.source, formulas)
         body, resources = super().from_notebook_node(nb, resources, **kw)
         body = CDN_MATHJAX.sub("", body)
+        body = body.replace("</head>", KOREAN_FONTS + "</head>", 1)
         body = re.sub(r"VISLIBFORMULA(\d{5})X", lambda m: formulas[int(m.group(1))], body)
         return body, resources
