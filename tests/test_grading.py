@@ -134,6 +134,19 @@ def test_a_confined_process_still_imports_computes_and_writes_its_own_folder(tmp
     assert done.stdout.strip() == "2.0" and (tmp_path / "mine.txt").read_text() == "ok"
 
 
+def test_the_deepest_folder_decides_what_a_confined_process_reads():
+    from vislib.grading.confine import Rules
+
+    rules = Rules(readable=("/venv", "/venv/lib/vislib/weights"), writable=("/tmp/mine",),
+                  hidden=("/venv/lib/vislib/", "/venv/lib/captum"))
+    assert rules.may_read("/venv/lib/torch/__init__.py") and rules.may_read("/venv/lib/vislib/weights/a.pt")
+    assert rules.may_read("/venv/lib/vislib/weights") and rules.may_read("/tmp/mine/x")
+    assert not rules.may_read("/venv/lib/vislib/models.py") and not rules.may_read("/venv/lib/vislib")
+    assert not rules.may_read("/venv/lib/vislib/weightsX/a.pt") and not rules.may_read("/venv/lib/captum/x.py")
+    assert not rules.may_read("/elsewhere")
+    assert not Rules(readable=("/a",), writable=(), hidden=("/a",)).may_read("/a/b")  # both: hidden
+
+
 @pytest.mark.parametrize("name", ["patches_checks", "anything_and_torch", "ipython_machinery", "vislib_routes",
                                   "exits"])
 def test_the_scan_flags_each_family_of_cheats(name):
