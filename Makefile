@@ -9,10 +9,17 @@ PIP    := $(BIN)/python -m pip install --disable-pip-version-check -c constraint
 
 setup: $(STAMP)
 
+# The kernel "Python (vislib)" is registered inside the environment (--sys-prefix:
+# .venv/share/jupyter/kernels/vislib), not in the home of whoever ran make (--user, which no other account
+# sees). Every account that runs Jupyter from this environment sees it: `make lab`, and the hub's servers,
+# which run as each learner's own Unix account from the course's environment. It needs no root (a
+# learner's laptop; the system-wide /usr/local/share/jupyter would), and it goes with the environment
+# (`make clean`) instead of pointing from a home or /usr/local at a removed .venv. A Jupyter installed
+# elsewhere finds it through JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -e ".[test]"
-	$(BIN)/python -m ipykernel install --user --name vislib --display-name "Python (vislib)"
+	$(BIN)/python -m ipykernel install --sys-prefix --name vislib --display-name "Python (vislib)"
 	touch $(STAMP)
 
 lab: setup  ## start JupyterLab on the course: notebooks/ and the assignments in assignments/release/
@@ -71,7 +78,7 @@ autograde: setup  ## grade $(COURSE)/submitted/<student>/<assignment>/: grades.c
 	$(BIN)/python -m vislib.grading report $(COURSE)
 	@echo "grades: $(COURSE)/grades.csv; feedback: $(COURSE)/feedback/<student>/<assignment>/; report: $(COURSE)/integrity.csv"
 
-weights: setup  ## retrain ShapesNet and the robust ShapesNet (seeded, about 10 + 14 minutes on a 2-core CPU)
+weights: setup  ## retrain ShapesNet and the robust ShapesNet into vislib/weights/ (package data; seeded, about 10 + 14 minutes on a 2-core CPU)
 	$(BIN)/python -m vislib.train
 	$(BIN)/python -m vislib.train --robust
 

@@ -136,6 +136,36 @@ def test_a_confined_process_still_imports_computes_and_writes_its_own_folder(tmp
     assert done.stdout.strip() == "2.0" and (tmp_path / "mine.txt").read_text() == "ok"
 
 
+def test_a_confined_process_loads_shapes_net_but_reads_no_other_file_of_vislib(tmp_path):
+    """The weights are package data inside vislib's folder, which the runner hides: its rules make
+    that one folder readable again (as the runner's and the feedback kernel's rules do)."""
+    program = textwrap.dedent(f"""
+        from vislib.grading import confine
+        from vislib.models import shapes_net, weights_folder
+        rules = confine.Rules(readable=confine.python_roots() + confine.SYSTEM_ROOTS + (weights_folder(),),
+                              writable=({str(tmp_path)!r},), hidden=(confine.package_folder("vislib"),))
+        confine.confine(rules)
+        print(shapes_net().fc.out_features, shapes_net(robust=True).fc.out_features)
+        open(__import__('vislib').__file__).read()
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path)
+    assert done.stdout.split() == ["8", "8"], done.stderr[-800:]
+    assert done.returncode != 0 and "the grader does not allow this: reading" in done.stderr, done.stderr[-500:]
+
+
+def test_the_deepest_folder_decides_what_a_confined_process_reads():
+    from vislib.grading.confine import Rules
+
+    rules = Rules(readable=("/venv", "/venv/lib/vislib/weights"), writable=("/tmp/mine",),
+                  hidden=("/venv/lib/vislib/", "/venv/lib/captum"))
+    assert rules.may_read("/venv/lib/torch/__init__.py") and rules.may_read("/venv/lib/vislib/weights/a.pt")
+    assert rules.may_read("/venv/lib/vislib/weights") and rules.may_read("/tmp/mine/x")
+    assert not rules.may_read("/venv/lib/vislib/models.py") and not rules.may_read("/venv/lib/vislib")
+    assert not rules.may_read("/venv/lib/vislib/weightsX/a.pt") and not rules.may_read("/venv/lib/captum/x.py")
+    assert not rules.may_read("/elsewhere")
+    assert not Rules(readable=("/a",), writable=(), hidden=("/a",)).may_read("/a/b")  # both: hidden
+
+
 @pytest.mark.parametrize("name", ["patches_checks", "anything_and_torch", "ipython_machinery", "vislib_routes",
                                   "exits"])
 def test_the_scan_flags_each_family_of_cheats(name):

@@ -1,6 +1,7 @@
 import json
 import re
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +40,16 @@ def test_recorded_metadata_matches_the_weights_file():
     assert meta["sha256"] == file_sha256(models.WEIGHTS_FILE)
     assert meta["held_out_accuracy"] >= 0.98
     assert meta["held_out"]["seed"] == HELD_OUT_SEED
+
+
+def test_the_weights_are_package_data_inside_vislib():
+    # Read through importlib.resources, so an installed wheel has them (tests/test_wheel.py installs one).
+    import vislib
+
+    folder = Path(vislib.__file__).resolve().parent / "weights"
+    assert Path(models.weights_folder()) == folder
+    files = [models.WEIGHTS_FILE, models.METADATA_FILE, *models.weights_files(robust=True)]
+    assert [Path(f).resolve().parent for f in files] == [folder] * 4 and all(f.is_file() for f in files)
 
 
 def test_robust_shapes_net_is_recorded_and_robust(shapes_model):
@@ -110,7 +121,7 @@ def test_broken_record_is_a_clear_error(tmp_path, monkeypatch, text, problem):
     record = tmp_path / "shapes_net.json"
     record.write_text(text)
     monkeypatch.setattr(models, "METADATA_FILE", record)
-    with pytest.raises(WeightsError, match=f"{problem}.*git checkout data/.*make weights"):
+    with pytest.raises(WeightsError, match=f"{problem}.*git checkout vislib/weights/.*make weights"):
         shapes_net()
 
 
@@ -226,7 +237,7 @@ def test_listed_stand_in_loads_with_a_warning_and_says_so(stand_in, monkeypatch,
 def test_make_notebooks_gives_every_imagenet_section_weights():
     # `make notebooks` fills the test cache for IMAGENET_MODELS: a notebook asking for another model
     # would skip its ImageNet section in CI without anyone noticing.
-    root = models.DATA_DIR.parent
+    root = Path(__file__).resolve().parent.parent
     sources = ["".join(cell["source"]) for path in (root / "notebooks").glob("*.ipynb")
                for cell in json.loads(path.read_text())["cells"]]
     asked = {name for source in sources for name in re.findall(r'pretrained_available\("(\w+)"\)', source)}

@@ -1,8 +1,10 @@
 """Models for the course: the embedded ShapesNet, and torchvision's ImageNet models offline.
 
-ShapesNet's weights ship in ``data/`` with their sha256; loading checks it and never unpickles
-arbitrary objects. ImageNet weights are used only when already in the local torch cache:
-nothing here downloads at run time except the explicit ``python -m vislib.models download``.
+ShapesNet's weights ship inside the package, in ``vislib/weights/`` (package data, read with
+``importlib.resources``, so an installed wheel has them too), each beside its record with the
+file's sha256; loading checks it and never unpickles arbitrary objects. ImageNet weights are
+used only when already in the local torch cache: nothing here downloads at run time except the
+explicit ``python -m vislib.models download``.
 
 Tests run the ImageNet code paths without ImageNet weights through *stand-ins*: seeded random
 models saved at torchvision's file names in a temporary torch cache (``write_stand_in_weights``).
@@ -19,7 +21,9 @@ import re
 import sys
 import warnings
 from collections import OrderedDict
+from importlib.resources import as_file, files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,17 +33,22 @@ from PIL import Image
 
 from vislib.data import SHAPE_CLASSES
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-WEIGHTS_FILE = DATA_DIR / "shapes_net.pt"
-METADATA_FILE = DATA_DIR / "shapes_net.json"
-ROBUST_WEIGHTS_FILE = DATA_DIR / "shapes_net_robust.pt"  # the same network, adversarially trained
-ROBUST_METADATA_FILE = DATA_DIR / "shapes_net_robust.json"
+if TYPE_CHECKING:  # importlib.resources.abc is Python 3.11's; vislib runs on 3.10
+    from importlib.resources.abc import Traversable
+
+# Package data: a folder of the package in a checkout (editable install) and in an installed wheel.
+WEIGHTS_DIR: Traversable = files("vislib.weights")
+WEIGHTS_FILE = WEIGHTS_DIR / "shapes_net.pt"
+METADATA_FILE = WEIGHTS_DIR / "shapes_net.json"
+ROBUST_WEIGHTS_FILE = WEIGHTS_DIR / "shapes_net_robust.pt"  # the same network, adversarially trained
+ROBUST_METADATA_FILE = WEIGHTS_DIR / "shapes_net_robust.json"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 STAND_IN_VARIABLE = "VISLIB_STAND_IN_WEIGHTS"
-_SHAPES_NET_FIX = "Restore it (git checkout data/) or rebuild it (make weights)."
+_SHAPES_NET_FIX = ("Restore it (in a checkout: git checkout vislib/weights/; installed: reinstall vislib) "
+                   "or rebuild it (make weights).")
 # A float image may overshoot 1 this much (bicubic resampling, rounding) before it counts as 0-255;
 # an image in 0-255 with any content goes far beyond it.
 _RANGE_TOLERANCE = 0.05
@@ -96,30 +105,41 @@ class ShapesNet(nn.Module):
 
 
 def shapes_net(pretrained: bool = True, robust: bool = False) -> ShapesNet:
-    """ShapesNet in eval mode, with the trained weights from ``data/`` (sha256 checked).
+    """ShapesNet in eval mode, with the trained weights from ``vislib/weights/`` (sha256 checked).
 
     ``robust=True``: the same network trained adversarially (PGD, ``python -m vislib.train
     --robust``), whose gradients look more like the shapes (notebook 07)."""
     model = ShapesNet()
     if pretrained:
         weights, metadata = weights_files(robust)
-        if not metadata.exists() or not weights.exists():
-            raise WeightsError(f"ShapesNet weights are missing in {DATA_DIR}; run `make weights`")
-        model.load_state_dict(verified_state_dict(weights, _recorded_sha256(metadata), fix=_SHAPES_NET_FIX))
+        if not metadata.is_file() or not weights.is_file():
+            raise WeightsError(f"ShapesNet's weights or their record are missing ({weights}, {metadata}). "
+                               + _SHAPES_NET_FIX)
+        sha256 = _recorded_sha256(metadata)
+        with as_file(weights) as path:  # the file itself; a temporary copy only if the package is zipped
+            model.load_state_dict(verified_state_dict(path, sha256, fix=_SHAPES_NET_FIX))
     return model.eval()
 
 
-def weights_files(robust: bool = False) -> tuple[Path, Path]:
-    """(weights, record) of the standard or the robust ShapesNet in ``data/``."""
+def weights_files(robust: bool = False) -> tuple[Traversable, Traversable]:
+    """(weights, record) of the standard or the robust ShapesNet in ``vislib/weights/``: package
+    resources (``pathlib.Path`` objects when vislib is installed as files, as it is from a wheel or
+    a checkout)."""
     if not isinstance(robust, bool):
         raise TypeError(f"robust must be True or False, got {robust!r}")
     return (ROBUST_WEIGHTS_FILE, ROBUST_METADATA_FILE) if robust else (WEIGHTS_FILE, METADATA_FILE)
 
 
-def _recorded_sha256(metadata: Path) -> str:
+def weights_folder() -> str:
+    """The real path of the folder that holds ShapesNet's files: what a confined grading process
+    (``vislib.grading``) may read although the rest of vislib is hidden from it."""
+    return os.path.realpath(os.fspath(WEIGHTS_DIR))
+
+
+def _recorded_sha256(metadata: Traversable) -> str:
     """The sha256 in a ShapesNet record, or a WeightsError saying what is wrong with the record."""
     try:
-        return json.loads(metadata.read_text())["sha256"]
+        return json.loads(metadata.read_text(encoding="utf-8"))["sha256"]
     except json.JSONDecodeError as error:
         problem = f"is not valid JSON ({error})"
     except (KeyError, TypeError):

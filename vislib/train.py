@@ -1,6 +1,7 @@
 """Train ShapesNet from scratch, seeded, and record its weights beside their sha256 and accuracy.
 
-``make weights`` runs ``python -m vislib.train`` and ``python -m vislib.train --robust``: a
+``make weights`` runs ``python -m vislib.train`` and ``python -m vislib.train --robust``, which
+write ``vislib/weights/`` (the package data that ``vislib.models.shapes_net`` reads): a
 fresh training set of synthetic shapes is drawn every epoch (the generator is fast), so the
 network never sees the same image twice; the held-out set is drawn from a seed that training
 never uses.
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from vislib.adversarial import pgd
 from vislib.data import make_shapes
-from vislib.models import DATA_DIR, ShapesNet, file_sha256, weights_files
+from vislib.models import ShapesNet, file_sha256, weights_files
 
 HELD_OUT_SEED = 10_000  # training epochs use seeds 0 .. epochs-1
 HELD_OUT_SIZE = 2000
@@ -123,16 +124,18 @@ def main() -> None:
     parser.add_argument("--min-accuracy", type=float, default=None,
                         help=f"default {MIN_ACCURACY} ({ROBUST_MIN_ACCURACY} with --robust)")
     args = parser.parse_args()
+    weights, metadata = weights_files(robust=args.robust)
+    if not isinstance(weights, Path):  # checked before the minutes of training, not after
+        raise SystemExit(f"vislib's weights are not files on disk here ({weights}): run `make weights` in a checkout")
     epochs = args.epochs or (ROBUST_EPOCHS if args.robust else EPOCHS)
     min_accuracy = args.min_accuracy or (ROBUST_MIN_ACCURACY if args.robust else MIN_ACCURACY)
     model, record = train(epochs=epochs, per_epoch=args.per_epoch, robust=args.robust)
     accuracy_ = record["held_out_accuracy"]
     if accuracy_ < min_accuracy:
         raise SystemExit(f"held-out accuracy {accuracy_:.4f} is below {min_accuracy}; weights not saved")
-    weights, metadata = weights_files(robust=args.robust)
     record = save(model, record, weights, metadata)
     print(f"held-out accuracy {accuracy_:.4f} (under PGD: {record['held_out_pgd_accuracy']:.4f}) in "
-          f"{record['training']['seconds']} s; saved {weights.relative_to(DATA_DIR.parent)} "
+          f"{record['training']['seconds']} s; saved {weights} "
           f"(sha256 {record['sha256'][:12]}...)")
 
 

@@ -36,8 +36,9 @@ _CTYPES = os.path.dirname(ctypes.__file__) + "/"
 
 @dataclass
 class Rules:
-    """Where the confined process may read and write; ``hidden`` folders inside ``readable`` ones are not
-    readable."""
+    """Where the confined process may read and write. ``hidden`` folders inside ``readable`` ones are not
+    readable, and ``readable`` folders inside ``hidden`` ones are again (ShapesNet's weights inside the
+    hidden vislib): the deepest folder that holds a path decides."""
 
     readable: tuple[str, ...]
     writable: tuple[str, ...]
@@ -45,14 +46,22 @@ class Rules:
     refused: list[str] = field(default_factory=list)  # what was refused, in words, for the report
 
     def may_read(self, path: str) -> bool:
-        return self.may_write(path) or _under(path, self.readable) and not _under(path, self.hidden)
+        if self.may_write(path):
+            return True
+        readable, hidden = _deepest(path, self.readable), _deepest(path, self.hidden)
+        return readable > hidden  # -1 where no folder holds it; a folder both readable and hidden is hidden
 
     def may_write(self, path: str) -> bool:
         return _under(path, self.writable)
 
 
 def _under(path: str, roots: Iterable[str]) -> bool:
-    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+    return any(path == root.rstrip("/") or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def _deepest(path: str, roots: Iterable[str]) -> int:
+    """The length of the longest of ``roots`` that is ``path`` or a folder above it; -1 for none."""
+    return max((len(root.rstrip("/")) for root in roots if _under(path, (root,))), default=-1)
 
 
 def _real(path) -> str:

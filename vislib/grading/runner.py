@@ -84,9 +84,9 @@ def _runner(sock: socket.socket, request: dict) -> None:
         if module.split(".")[0] == "vislib":
             _try_import(module)
     hidden = tuple(filter(None, [confine.package_folder("vislib"), *confine.peer_folders()]))
-    from vislib.models import DATA_DIR  # ShapesNet's weights: a learner's cell may load the course model
+    from vislib.models import weights_folder  # ShapesNet's weights: a learner's cell may load the course model
 
-    rules = confine.Rules(readable=confine.python_roots() + confine.SYSTEM_ROOTS + (str(DATA_DIR),),
+    rules = confine.Rules(readable=confine.python_roots() + confine.SYSTEM_ROOTS + (weights_folder(),),
                           writable=(folder,), hidden=hidden)
     confine.confine(rules, memory_bytes=request.get("memory_bytes"), cpu_seconds=request.get("cpu_seconds"))
     namespace = {"__name__": "__main__", "get_ipython": _NoShell}
