@@ -32,16 +32,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ("shapes_net.pt", "shapes_net.json", "shapes_net_robust.pt", "shapes_net_robust.json")
-NOTEBOOK = ROOT / "notebooks" / "00_black_box.ipynb"
+# The course environment, whose packages the new one reuses: inside the checkout (.venv) but not of it.
+COURSE_ENVIRONMENT = Path(sys.prefix).resolve()
+NOTEBOOK = ROOT / "assignments" / "release" / "saliency" / "saliency.ipynb"  # a learner's notebook, and a quick one
 
-# Run first in each process of the new environment: notes every file opened inside the checkout.
+# Run first in each process of the new environment: notes every file opened inside the checkout (apart
+# from the course environment's packages).
 WATCH = textwrap.dedent(f"""
     import os, sys
-    _checkout, _opened_in_checkout = {str(ROOT)!r}, []
+    _checkout, _course, _opened_in_checkout = {str(ROOT)!r}, {str(COURSE_ENVIRONMENT)!r}, []
+    def _inside(path, folder):
+        return path == folder or path.startswith(folder + os.sep)
     def _watch(event, args):
         if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
             path = os.path.realpath(os.fsdecode(args[0]))
-            if path == _checkout or path.startswith(_checkout + os.sep):
+            if _inside(path, _checkout) and not _inside(path, _course):
                 _opened_in_checkout.append(path)
     sys.addaudithook(_watch)
 """)
@@ -129,7 +134,9 @@ def check_report(output: str, venv: Path) -> dict:
     assert Path(report["prefix"]).resolve() == venv.resolve()
     assert Path(report["executable"]).parent.resolve() == (venv / "bin").resolve()
     assert Path(report["vislib"]).resolve().is_relative_to(venv.resolve()), report["vislib"]
-    assert not any(Path(entry or ".").resolve().is_relative_to(ROOT) for entry in report["sys.path"]), report
+    of_checkout = [entry for entry in report["sys.path"] if Path(entry or ".").resolve().is_relative_to(ROOT)
+                   and not Path(entry).resolve().is_relative_to(COURSE_ENVIRONMENT)]
+    assert not of_checkout, f"the new environment imports from the checkout: {of_checkout}"
     assert report["opened"] == [], f"the installed package opened files of the checkout: {report['opened']}"
     return report
 
