@@ -1,6 +1,7 @@
 """The assignments' hand-out -> submit -> grade loop, run as an instructor runs it, offline: `make
-assignments` and `make autograde` (nbgrader with a local sqlite gradebook) on a copy of the course
-folder, with two submissions per assignment: the solutions, and the untouched learner's version."""
+autograde` (nbgrader with a local sqlite gradebook; it generates the learners' versions first, as `make
+assignments` does) on a copy of the course folder, with two submissions per assignment: the solutions,
+and the untouched learner's version."""
 
 from __future__ import annotations
 
@@ -45,23 +46,19 @@ def is_test_cell(cell: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def course(tmp_path_factory) -> Path:
-    """A copy of the course folder with freshly generated learners' versions."""
+def graded(tmp_path_factory) -> Path:
+    """A copy of the course folder, `make autograde` on two submissions per assignment: the solutions,
+    and the untouched learners' version (the committed one, which a test below compares with a fresh
+    generation); then the instructor awards the written answers of the solutions full points (as in
+    formgrader) and exports again. `make autograde` generates the learners' versions first, so the copy's
+    release/ is a fresh generation."""
     course = tmp_path_factory.mktemp("course")
     shutil.copy(COURSE / "nbgrader_config.py", course)
     shutil.copytree(COURSE / "source", course / "source")
-    make("assignments", course)
-    return course
-
-
-@pytest.fixture(scope="module")
-def graded(course) -> Path:
-    """`make autograde` on the solutions and on the untouched learners' versions; then the instructor
-    awards the written answers of the solutions full points (as in formgrader) and exports again."""
     for name in NAMES:
-        for student, folder in (("solutions", "source"), ("untouched", "release")):
+        for student, folder in (("solutions", COURSE / "source"), ("untouched", COURSE / "release")):
             (course / "submitted" / student / name).mkdir(parents=True)
-            shutil.copy(course / folder / name / f"{name}.ipynb", course / "submitted" / student / name)
+            shutil.copy(folder / name / f"{name}.ipynb", course / "submitted" / student / name)
     make("autograde", course)
     from nbgrader.api import Gradebook
 
@@ -84,11 +81,11 @@ def test_there_is_an_assignment_per_part_of_the_lecture():
         assert (COURSE / "source" / name / f"{name}.ipynb").is_file()
 
 
-def test_the_committed_learners_versions_equal_a_fresh_generation(course):
+def test_the_committed_learners_versions_equal_a_fresh_generation(graded):
     for name in NAMES:
         committed = COURSE / "release" / name / f"{name}.ipynb"
         assert committed.is_file(), f"run `make assignments` and commit assignments/release/{name}"
-        assert json.loads(committed.read_text()) == json.loads((course / "release" / name / f"{name}.ipynb")
+        assert json.loads(committed.read_text()) == json.loads((graded / "release" / name / f"{name}.ipynb")
                                                                .read_text()), \
             f"assignments/release/{name} is stale: run `make assignments` and commit it"
 
@@ -108,10 +105,10 @@ def hidden_lines(source: str) -> set[str]:
     return {line for line in hidden if not any(line in visible for visible in shown)}
 
 
-def test_the_learners_versions_hold_none_of_the_solution_lines(course):
+def test_the_learners_versions_hold_none_of_the_solution_lines(graded):
     for name in NAMES:
         source = text(COURSE / "source" / name / f"{name}.ipynb")
-        released = text(course / "release" / name / f"{name}.ipynb")
+        released = text(graded / "release" / name / f"{name}.ipynb")
         visible = set(released.splitlines())
         leaked = {line for line in hidden_lines(source) if any(line in v for v in visible)}
         assert hidden_lines(source), f"{name} has no solutions"
@@ -120,8 +117,8 @@ def test_the_learners_versions_hold_none_of_the_solution_lines(course):
         assert "raise NotImplementedError()" in released and "YOUR ANSWER HERE" in released
 
 
-def test_no_facilitator_material_reaches_the_learners(course):
-    released = {p.name for p in (course / "release").rglob("*") if p.is_file()}
+def test_no_facilitator_material_reaches_the_learners(graded):
+    released = {p.name for p in (graded / "release").rglob("*") if p.is_file()}
     assert not any("FACILITATOR" in name.upper() for name in released)
 
 
