@@ -25,37 +25,39 @@ $(STAMP): pyproject.toml constraints.txt
 lab: setup  ## start JupyterLab on the course: notebooks/ and the assignments in assignments/release/
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)  # root: e.g. in a container
 
-test: lint unit notebooks  ## ruff, the unit tests, then every notebook top to bottom
+test: lint  ## ruff, then the unit tests and every notebook top to bottom, in one run on both cores
+	$(call in_imagenet_test_cache,$(PYTEST) -n 3 tests notebooks)
 
 lint: setup
 	$(BIN)/ruff check vislib tests notebooks benchmarks book assignments/source
 
-# Tests run two at a time, one thread each: two processes of two threads on two cores wait for each other.
-PARALLEL := OMP_NUM_THREADS=1
+# One thread per process: two processes of two threads on two cores wait for each other. A file's tests stay
+# together on one worker (its fixtures are made once); the slowest files start first (conftest.py). Three
+# workers on two cores: while one waits (a grading test's kernel that hangs on purpose, a notebook's kernel
+# starting), the other two compute.
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/pytest --dist loadfile --nbval-lax
 
-unit: setup  ## the unit tests on both cores (a file's tests stay together: its fixtures are made once)
-	$(PARALLEL) $(BIN)/pytest -n 2 --dist loadfile tests
+unit: setup  ## the unit tests alone
+	$(PYTEST) -n 2 tests
+
+notebooks: setup  ## nbval alone: every cell of every notebook runs without error, ImageNet sections too
+	$(call in_imagenet_test_cache,$(PYTEST) -n 2 notebooks)
 
 # The models of the notebooks' ImageNet sections (`pretrained_available("...")`; a unit test keeps the list whole).
-IMAGENET_MODELS   := resnet18 vgg16 resnet50 vgg19
-IMAGENET_NOTEBOOKS = $(shell grep -l pretrained_available notebooks/*.ipynb)
+IMAGENET_MODELS := resnet18 vgg16 resnet50 vgg19
 
-# Every notebook once, two at a time. Those with an ImageNet section run it, in a temporary torch cache (about
-# 1.2 GB, in memory where /dev/shm has room, removed afterwards) holding your cached ImageNet weights where you
-# have them, else seeded random stand-ins that the loader accepts only because VISLIB_STAND_IN_WEIGHTS lists their
-# full sha256; the cache fills while the other notebooks run, in an empty cache. A learner's run without ImageNet
-# weights (the sections are skipped) is `make book`'s. The assignments' solutions run in tests/test_assignments.py.
-notebooks: setup  ## nbval: every cell runs without error, ImageNet sections too; run times reported
+# $(1) in a temporary torch cache (about 1.2 GB, in memory where /dev/shm has room, removed afterwards) holding
+# your cached ImageNet weights where you have them, else seeded random stand-ins that the loader accepts only
+# because VISLIB_STAND_IN_WEIGHTS lists their full sha256: the notebooks' ImageNet sections run either way. A
+# learner's run without ImageNet weights (the sections are skipped) is `make book`'s, in your own cache.
+define in_imagenet_test_cache
 	set -e; \
 	home=$$(mktemp -d -p "$$(test "$$(df --output=avail -BG /dev/shm 2>/dev/null | tail -1 | tr -dc 0-9)" -ge 3 \
 		2>/dev/null && echo /dev/shm || echo "$${TMPDIR:-/tmp}")"); \
-	$(BIN)/python -m vislib.models test-cache "$$home/imagenet" $(IMAGENET_MODELS) > "$$home/stand-ins" & filling=$$!; \
-	trap 'kill $$filling 2>/dev/null || true; rm -rf "$$home"' EXIT; \
-	TORCH_HOME="$$home/empty" $(PARALLEL) $(BIN)/pytest -n 2 --dist loadfile --nbval-lax \
-		$(filter-out $(IMAGENET_NOTEBOOKS),$(wildcard notebooks/*.ipynb)); \
-	wait $$filling; \
-	TORCH_HOME="$$home/imagenet" VISLIB_STAND_IN_WEIGHTS="$$(cat "$$home/stand-ins")" $(PARALLEL) \
-		$(BIN)/pytest -n 2 --dist loadfile --nbval-lax $(IMAGENET_NOTEBOOKS)
+	trap 'rm -rf "$$home"' EXIT; \
+	stand_ins=$$($(BIN)/python -m vislib.models test-cache "$$home" $(IMAGENET_MODELS)); \
+	TORCH_HOME="$$home" VISLIB_STAND_IN_WEIGHTS="$$stand_ins" $(1)
+endef
 
 # --- assignments: nbgrader, offline, with a local sqlite gradebook ----------------------------------
 # nbgrader calls `alembic` by name, so the venv's bin/ goes first on PATH. COURSE is the course folder;

@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 
+from vislib import style
 from vislib.models import WeightsError, pretrained_available
 from vislib.style import (
     STYLE_LAYERS,
@@ -91,8 +92,19 @@ def test_pretrained_vgg19_loads_only_from_the_cache():
             vgg19_features(True, last="relu1_1")
 
 
+@pytest.fixture
+def forget_vgg19():
+    """VGG19 is read from the cache once per process: forget what an earlier test read (the ImageNet weights
+    or `make test`'s stand-ins), before and after a test with a cache of its own."""
+    for cached in (style._imagenet_vgg19_convs, style.vgg19_features):
+        cached.cache_clear()
+    yield
+    for cached in (style._imagenet_vgg19_convs, style.vgg19_features):
+        cached.cache_clear()
+
+
 @pytest.mark.parametrize("cached", ["absent", "empty", "corrupt"])
-def test_pretrained_none_means_imagenet_when_valid_else_random(tmp_path, monkeypatch, cached):
+def test_pretrained_none_means_imagenet_when_valid_else_random(tmp_path, monkeypatch, cached, forget_vgg19):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.delenv("VISLIB_STAND_IN_WEIGHTS", raising=False)
     if cached != "absent":
