@@ -90,8 +90,8 @@ def site_packages(prefix: Path) -> Path:
     return prefix / "lib" / PY / "site-packages"
 
 
-def make_venv(path: Path, with_pip: bool) -> None:
-    command = [f"/usr/bin/{PY}", "-m", "venv", *([] if with_pip else ["--without-pip"]), path]
+def make_venv(path: Path, with_pip: bool, python: str = f"/usr/bin/{PY}") -> None:
+    command = [python, "-m", "venv", *([] if with_pip else ["--without-pip"]), path]
     if subprocess.run([str(c) for c in command]).returncode != 0:  # Debian keeps ensurepip in python3-venv
         run("apt-get", "install", "-y", "python3-venv")
         shutil.rmtree(path, ignore_errors=True)
@@ -174,11 +174,58 @@ def install_vislib(server: Path) -> None:
         shutil.copytree(CHECKOUT / "data", data_dir)
 
 
+def runs_as_nobody(*command) -> bool:
+    return subprocess.run(["runuser", "-u", "nobody", "--", *map(str, command)], cwd="/", stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
+
+
+def course_interpreter(prefix: Path, course_venv: Path) -> str:
+    """The course environment's own interpreter, runnable by every account: the same Python that built its
+    packages (another patch release can differ: Debian's 3.11.2 breaks the soupsieve that nbconvert's feedback
+    uses). Where it lives under a private home (pyenv in /root), its standard library is linked into
+    PREFIX/python and its executable copied there, its library search path made relative ($ORIGIN)."""
+    info = subprocess.run([str(course_venv / "bin/python"), "-c", "import sys; print(sys.base_prefix)"],
+                          check=True, capture_output=True, text=True, cwd="/").stdout.split()
+    base = Path(info[0])
+    executable = base / "bin" / PY
+    if runs_as_nobody(executable, "-c", "import ssl, sqlite3"):
+        return str(executable)
+    target, stamp = prefix / "python", prefix / "python" / ".vislib-stamp"
+    want = f"{base} {executable.stat().st_mtime_ns}"
+    if stamp.exists() and stamp.read_text() == want:
+        return str(target / "bin" / PY)
+    say(f"the course's Python ({base}) is private to root: linked into {target}")
+    shutil.rmtree(target, ignore_errors=True)
+    (target / "bin").mkdir(parents=True)
+    (target / "lib" / PY).mkdir(parents=True)
+    link = "-al" if same_filesystem(base, prefix) else "-a"
+    for entry in (base / "lib" / PY).iterdir():
+        if entry.name != "site-packages":
+            run("cp", link, entry, target / "lib" / PY / entry.name)
+    (target / "lib" / PY / "site-packages").mkdir()
+    for library in (base / "lib").glob("libpython*.so*"):
+        run("cp", "-a", library, target / "lib" / library.name)
+    binary = (base / "bin" / PY).read_bytes()
+    old = str(base / "lib").encode() + b"\0"
+    new = b"$ORIGIN/../lib"
+    if old in binary and len(new) < len(old):  # the RUNPATH that points into the private home
+        binary = binary.replace(old, new + b"\0" * (len(old) - len(new)), 1)
+    (target / "bin" / PY).write_bytes(binary)
+    (target / "bin" / PY).chmod(0o755)
+    for name in ("python3", "python"):
+        (target / "bin" / name).symlink_to(PY)
+    run("chmod", "-R", "a+rX", target)
+    if not runs_as_nobody(target / "bin" / PY, "-c", "import ssl, sqlite3"):
+        sys.exit(f"{target / 'bin' / PY} does not run for other accounts")
+    stamp.write_text(want)
+    return str(target / "bin" / PY)
+
+
 def install_server(prefix: Path, course_venv: Path) -> None:
     server, stamp = prefix / "server", prefix / "server" / ".vislib-stamp"
     course_venv = course_venv.resolve()
     installed = course_venv / ".installed"
-    want = json.dumps({"venv": str(course_venv),
+    want = json.dumps({"venv": str(course_venv), "python": (course_venv / "pyvenv.cfg").read_text(),
                        "installed": (installed if installed.exists() else course_venv).stat().st_mtime_ns,
                        "hub": digest(HERE / "requirements.txt", CHECKOUT / "constraints.txt"),
                        "vislib": digest(CHECKOUT / "vislib", CHECKOUT / "pyproject.toml"),
@@ -188,8 +235,9 @@ def install_server(prefix: Path, course_venv: Path) -> None:
     source = site_packages(course_venv)
     if not (source / "jupyterlab").is_dir() or not (source / "nbgrader").is_dir():
         sys.exit(f"{course_venv} is not the course environment (no jupyterlab or nbgrader): run `make setup`")
+    python = course_interpreter(prefix, course_venv)
     shutil.rmtree(server, ignore_errors=True)
-    make_venv(server, with_pip=False)
+    make_venv(server, with_pip=False, python=python)
     link = same_filesystem(course_venv, prefix)
     say(f"the servers' environment: {server}, the course environment's packages "
         f"{'hard-linked' if link else 'copied'} from {course_venv}")
@@ -352,6 +400,8 @@ def course_folder(root: Path, group: str, instructors: list[str]) -> None:
                         ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
     # the course's own grading settings (vislib's trusted grading): always the checkout's
     shutil.copy(CHECKOUT / "assignments" / "nbgrader_config.py", course / "nbgrader_config.py")
+    # an empty file is an empty SQLite database: made here, it is the group's (sqlite would make it 0644 & umask)
+    (course / "gradebook.db").touch()
     for path in [course, *course.rglob("*")]:
         if path.is_symlink():
             continue
@@ -404,18 +454,15 @@ c.CourseDirectory.groupshared = True  # several instructors share the course fol
     write(etc / "common/nbgrader_config.py", common)
     write(etc / "instructor/nbgrader_config.py", instructor)
     write(etc / "student/nbgrader_config.py", "# learners: the common settings only\n")
+    # What `jupyter labextension enable|disable --level=user` and `jupyter server extension enable|disable --user`
+    # write, with JUPYTER_CONFIG_DIR set to the role's folder (written directly: those commands take seconds each).
     for role in ROLES:
-        config_dir = etc / role
-        for plugin, who in LAB_PLUGINS.items():
-            action = "enable" if who in (role, "both") else "disable"
-            run(prefix / "server/bin/jupyter-labextension", action, "--level=user", plugin,
-                env={**os.environ, "JUPYTER_CONFIG_DIR": str(config_dir)}, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL)
-        for extension, who in SERVER_EXTENSIONS.items():
-            action = "enable" if who in (role, "both") else "disable"
-            run(prefix / "server/bin/jupyter-server", "extension", action, "--user", extension,
-                env={**os.environ, "JUPYTER_CONFIG_DIR": str(config_dir)}, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL)
+        on = {name: who in (role, "both") for name, who in LAB_PLUGINS.items()}
+        write(etc / role / "labconfig/page_config.json",
+              json.dumps({"disabledExtensions": {name: not enabled for name, enabled in on.items()}}, indent=2))
+        write(etc / role / "jupyter_server_config.d/vislib-hub-nbgrader.json", json.dumps(
+            {"ServerApp": {"jpserver_extensions": {name: who in (role, "both")
+                                                   for name, who in SERVER_EXTENSIONS.items()}}}, indent=2))
     run("chmod", "-R", "a+rX,go-w", etc)
 
 

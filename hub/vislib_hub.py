@@ -8,8 +8,9 @@ nbgrader's own exchange leaves two doors open between learners on one machine:
   collected all the same. ``OwnerCheckedCollect`` collects a learner's newest submission *that the learner's
   own account made*; the others are refused (logged, and listed in the course folder's forged.csv).
 - a submission is world-readable (0644 files, a 0777 folder), hidden only by its unguessable name.
-  ``PrivateSubmit`` leaves it readable by its author and the instructors' group only (the inbound folder's
-  group: nbgrader's inbound is set-group-ID, and the hub gives the course's exchange folder to that group).
+  ``PrivateSubmit`` closes its folder to everyone but its author and the instructors' group (the inbound
+  folder's group: nbgrader's inbound is set-group-ID, and the hub gives the course's exchange folder to
+  that group).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import datetime
 import glob
 import os
 import pwd
-from stat import S_IRGRP, S_IRUSR, S_ISGID, S_IWGRP, S_IWUSR, S_IXGRP, S_IXUSR
+from stat import S_IRWXG, S_IRWXU
 
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.exchange.default.collect import ExchangeCollect, groupby
@@ -37,8 +38,12 @@ class PrivateSubmit(ExchangeSubmit):
     def copy_files(self):
         super().copy_files()
         dest = os.path.join(self.inbound_path, self.assignment_filename)
-        self.set_perms(dest, fileperms=S_IRUSR | S_IWUSR | S_IRGRP,
-                       dirperms=S_IRUSR | S_IWUSR | S_IXUSR | S_IRGRP | S_IWGRP | S_IXGRP | S_ISGID)
+        if os.stat(dest).st_gid != os.stat(self.inbound_path).st_gid:
+            self.log.warning("%s is not in the group of %s: left as nbgrader makes it", dest, self.inbound_path)
+            return
+        # nbgrader leaves the folder 0777 and its files 0644; the folder alone now keeps the others out: it
+        # belongs to the inbound folder's group (the instructors', inherited through its set-group-ID bit)
+        os.chmod(dest, S_IRWXU | S_IRWXG)
 
 
 class OwnerCheckedCollect(ExchangeCollect):
