@@ -221,6 +221,31 @@ def course_interpreter(prefix: Path, course_venv: Path) -> str:
     return str(target / "bin" / PY)
 
 
+def server_files(prefix: Path) -> None:
+    """The hub's own small files in the servers' environment (refreshed by every install)."""
+    server = prefix / "server"
+    python = server / "bin/python"
+    kernel = server / "share/jupyter/kernels/vislib"
+    kernel.mkdir(parents=True, exist_ok=True)
+    (kernel / "kernel.json").write_text(json.dumps({
+        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python (vislib)", "language": "python", "metadata": {"debugger": True}}, indent=1))
+    for name in ("vislib-singleuser", "vislib-grade"):
+        target = server / "bin" / name
+        target.write_text((HERE / name).read_text().replace("@PREFIX@", str(prefix)))
+        target.chmod(0o755)
+    shutil.copy(HERE / "vislib_hub.py", site_packages(server) / "vislib_hub.py")
+    # JupyterLab's defaults for everyone on the hub: no news or update checks (the class may be offline)
+    overrides = server / "share/jupyter/lab/settings/overrides.json"
+    values = json.loads(overrides.read_text()) if overrides.exists() else {}
+    values.setdefault("@jupyterlab/apputils-extension:notification", {}).update(
+        {"fetchNews": "false", "checkForUpdates": False})
+    overrides.unlink(missing_ok=True)  # a new file, never a write through a hard link into the course environment
+    write(overrides, json.dumps(values, indent=2))
+    run(python, "-m", "compileall", "-q", site_packages(server) / "vislib", site_packages(server) / "vislib_hub.py")
+    run("chmod", "-R", "a+rX", server / "bin", server / "share/jupyter", site_packages(server) / "__pycache__")
+
+
 def install_server(prefix: Path, course_venv: Path) -> None:
     server, stamp = prefix / "server", prefix / "server" / ".vislib-stamp"
     course_venv = course_venv.resolve()
@@ -231,6 +256,7 @@ def install_server(prefix: Path, course_venv: Path) -> None:
                        "vislib": digest(CHECKOUT / "vislib", CHECKOUT / "pyproject.toml"),
                        "data": digest(CHECKOUT / "data") if (CHECKOUT / "data").exists() else ""})
     if stamp.exists() and stamp.read_text() == want:
+        server_files(prefix)
         return
     source = site_packages(course_venv)
     if not (source / "jupyterlab").is_dir() or not (source / "nbgrader").is_dir():
@@ -255,17 +281,7 @@ def install_server(prefix: Path, course_venv: Path) -> None:
         "-c", CHECKOUT / "constraints.txt", "-c", HERE / "requirements.txt", "jupyterhub")
     install_vislib(server)
     console_scripts(server)
-    kernel = server / "share/jupyter/kernels/vislib"
-    kernel.mkdir(parents=True, exist_ok=True)
-    (kernel / "kernel.json").write_text(json.dumps({
-        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python (vislib)", "language": "python", "metadata": {"debugger": True}}, indent=1))
-    for name in ("vislib-singleuser", "vislib-grade"):
-        target = server / "bin" / name
-        target.write_text((HERE / name).read_text().replace("@PREFIX@", str(prefix)))
-        target.chmod(0o755)
-    shutil.copy(HERE / "vislib_hub.py", site_packages(server) / "vislib_hub.py")
-    run(python, "-m", "compileall", "-q", site_packages(server) / "vislib", site_packages(server) / "vislib_hub.py")
+    server_files(prefix)
     run("chmod", "-R", "a+rX", server)
     # every account can run it: check as nobody
     run("runuser", "-u", "nobody", "--", python, "-c",
