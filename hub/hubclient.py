@@ -7,6 +7,7 @@ Standard library plus tornado (in the course environment); never goes through an
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import time
 import urllib.error
@@ -99,8 +100,11 @@ class Hub:
             status, answer = self.user_api(user, "kernels", "POST", {"name": kernel})
             assert status in (200, 201), (status, answer)
             keep = answer["id"]
-        return (*asyncio.run(_execute(self.url.replace("http", "ws", 1) + f"/user/{user}/api/kernels/{keep}/channels",
-                                      self.token(user), code, timeout)), keep)
+        ws_url = self.url.replace("http", "ws", 1) + f"/user/{user}/api/kernels/{keep}/channels"
+        # in a thread of its own: the caller may be inside an event loop (Playwright's sync API runs one)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            printed, error = pool.submit(asyncio.run, _execute(ws_url, self.token(user), code, timeout)).result()
+        return printed, error, keep
 
     def stop_server(self, user: str) -> None:
         self.api(f"users/{user}/server", "DELETE")
