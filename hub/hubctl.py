@@ -447,7 +447,6 @@ def course_folder(root: Path, group: str, instructors: list[str]) -> None:
 def role_config(root: Path, prefix: Path) -> None:
     """ROOT/etc/{common,student,instructor}: on each server's JUPYTER_CONFIG_PATH (its role's first)."""
     etc = root / "etc"
-    python = prefix / "server/bin/python"
     common = f'''# nbgrader for every account of this hub (written by hub/hubctl.py)
 c = get_config()
 c.CourseDirectory.course_id = "{COURSE_ID}"
@@ -468,6 +467,11 @@ c.CourseDirectory.root = str(Path.home() / "{COURSE_ID}")
 c.CourseDirectory.groupshared = True  # several instructors share the course folder through their group
 '''
     write(etc / "common/nbgrader_config.py", common)
+    write(etc / "common/jupyter_server_config.py", """# every server of this hub (written by hub/hubctl.py)
+c = get_config()
+# terminals: an interactive shell, not a login shell, keeps the PATH the hub gives (the course's tools first)
+c.ServerApp.terminado_settings = {"shell_command": ["/bin/bash", "-i"]}
+""")
     write(etc / "instructor/nbgrader_config.py", instructor)
     write(etc / "student/nbgrader_config.py", "# learners: the common settings only\n")
     # What `jupyter labextension enable|disable --level=user` and `jupyter server extension enable|disable --user`

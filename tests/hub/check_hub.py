@@ -124,7 +124,8 @@ def hub():
         deadline = time.monotonic() + 900  # the first `make hub` installs /opt/vislib-hub (minutes)
         while not _healthy(url):
             if make.poll() is not None:
-                raise RuntimeError(f"make hub exited with {make.returncode}:\n{(ARTEFACTS / 'hub.log').read_text()[-4000:]}")
+                tail = (ARTEFACTS / "hub.log").read_text()[-4000:]
+                raise RuntimeError(f"make hub exited with {make.returncode}:\n{tail}")
             if time.monotonic() > deadline:
                 raise RuntimeError("the hub did not answer within 900 s")
             time.sleep(1)
@@ -322,7 +323,8 @@ def attempt(name, action):
         result[name] = f"error: {{type(error).__name__}}: {{error}}"
 
 def get(url, token=None, method="GET"):
-    request = urllib.request.Request(url, method=method, headers={{"Authorization": f"token {{token}}"}} if token else {{}})
+    headers = {{"Authorization": f"token {{token}}"}} if token else {{}}
+    request = urllib.request.Request(url, method=method, headers=headers)
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):
             return None
@@ -343,16 +345,19 @@ attempt("the grades", lambda: os.stat(paths["grades"]))
 attempt("changing the released assignment", lambda: open(paths["released"], "a"))
 attempt("signalling another learner's server", lambda: os.kill(paths["other_pid"], 0))
 attempt("the hub's user list (admin API)", lambda: get(paths["hub"] + "/hub/api/users", mine))
-attempt("starting another learner's server", lambda: get(paths["hub"] + "/hub/api/users/" + paths["other"] + "/server", mine, "POST"))
-attempt("a token for another learner", lambda: get(paths["hub"] + "/hub/api/users/" + paths["other"] + "/tokens", mine, "POST"))
-attempt("another learner's server, through the hub", lambda: get(paths["hub"] + "/user/" + paths["other"] + "/api/contents", mine))
+other_api = paths["hub"] + "/hub/api/users/" + paths["other"]
+attempt("starting another learner's server", lambda: get(other_api + "/server", mine, "POST"))
+attempt("a token for another learner", lambda: get(other_api + "/tokens", mine, "POST"))
+attempt("another learner's server, through the hub",
+        lambda: get(paths["hub"] + "/user/" + paths["other"] + "/api/contents", mine))
 attempt("another learner's server, on its own port", lambda: get(paths["other_server"] + "/api/contents", mine))
 attempt("the instructor's server", lambda: get(paths["hub"] + "/user/" + paths["instructor"] + "/api/contents", mine))
 attempt("the proxy's routing API", lambda: get(paths["proxy_api"] + "/api/routes"))
 attempt("the hub's secrets", lambda: os.listdir(paths["state"]))
 submit = subprocess.run(["nbgrader", "submit", "saliency", "--student", paths["other"]], cwd=os.path.expanduser("~"),
                         capture_output=True, text=True)
-result["submitting as another learner (nbgrader submit --student)"] = "submitted, to be refused at collection" if submit.returncode == 0 else "refused: " + submit.stderr[-200:]
+forged = "submitted, to be refused at collection" if submit.returncode == 0 else "refused: " + submit.stderr[-200:]
+result["submitting as another learner (nbgrader submit --student)"] = forged
 print(json.dumps(result))
 """
 
@@ -362,7 +367,8 @@ def test_3_nobody_where_they_do_not_belong(hub, people):
     inbound = HUB_ROOT / "exchange/vislib/inbound"
     ben_submission = next(inbound.glob(f"{BEN}+saliency+*"))  # root knows its name; Ada does not, we tell her
     paths = {
-        "other": BEN, "instructor": TEACH, "other_home": f"/home/{BEN}", "other_work": f"/home/{BEN}/saliency/saliency.ipynb",
+        "other": BEN, "instructor": TEACH, "other_home": f"/home/{BEN}",
+        "other_work": f"/home/{BEN}/saliency/saliency.ipynb",
         "inbound": str(inbound), "other_submission": str(ben_submission / "saliency.ipynb"),
         "course": str(HUB_ROOT / "course"), "source": str(HUB_ROOT / "course/source/saliency/saliency.ipynb"),
         "gradebook": str(HUB_ROOT / "course/gradebook.db"), "integrity": str(HUB_ROOT / "course/integrity.csv"),
@@ -408,10 +414,17 @@ def test_4_instructor_grades_with_trusted_grading(hub, people):
     page.keyboard.type("vislib-grade saliency\n")
     uid = pwd.getpwnam(TEACH).pw_uid
     grades = HUB_ROOT / "course/grades.csv"
+    done = lambda: grades.exists() and grades.stat().st_mtime >= started  # noqa: E731
+    deadline = time.monotonic() + 60
+    while not running(uid, "vislib-grade") and not done():
+        if time.monotonic() > deadline:
+            shot(page, "4-terminal")
+            raise AssertionError("vislib-grade did not start in the instructor's terminal (see 4-terminal.png)")
+        time.sleep(0.5)
     deadline = time.monotonic() + 900
-    time.sleep(5)
-    while running(uid, "vislib-grade") or not grades.exists() or grades.stat().st_mtime < started:
+    while running(uid, "vislib-grade") or not done():
         assert time.monotonic() < deadline, "vislib-grade did not finish within 900 s"
+        assert running(uid, "vislib-grade") or done(), "vislib-grade stopped without grades.csv"
         time.sleep(2)
     shot(page, "4-graded-terminal")
     with grades.open() as f:
@@ -449,6 +462,7 @@ def test_5_learner_fetches_feedback_and_sees_score(hub, people, user):
     feedback.goto(f"{h.url}/user/{user}/files/{relative}")
     with (HUB_ROOT / "course/grades.csv").open() as f:
         row = next(r for r in csv.DictReader(f) if r["student_id"] == user)
-    expect(feedback.locator("body")).to_contain_text(f"Score: {float(row['score']):.1f} / {float(row['max_score']):.1f}")
+    score = f"Score: {float(row['score']):.1f} / {float(row['max_score']):.1f}"
+    expect(feedback.locator("body")).to_contain_text(score)
     shot(feedback, f"5-{user}-feedback")
     feedback.close()
