@@ -227,13 +227,18 @@ def server_files(prefix: Path) -> None:
     python = server / "bin/python"
     kernel = server / "share/jupyter/kernels/vislib"
     kernel.mkdir(parents=True, exist_ok=True)
+    # the course environment may register this kernel too (make setup, --sys-prefix): its kernel.json came in
+    # as a hard link; a new file replaces it, so the course environment's own stays as it is
+    (kernel / "kernel.json").unlink(missing_ok=True)
     (kernel / "kernel.json").write_text(json.dumps({
         "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python (vislib)", "language": "python", "metadata": {"debugger": True}}, indent=1))
     for name in ("vislib-singleuser", "vislib-grade"):
         target = server / "bin" / name
+        target.unlink(missing_ok=True)
         target.write_text((HERE / name).read_text().replace("@PREFIX@", str(prefix)))
         target.chmod(0o755)
+    (site_packages(server) / "vislib_hub.py").unlink(missing_ok=True)
     shutil.copy(HERE / "vislib_hub.py", site_packages(server) / "vislib_hub.py")
     # JupyterLab's defaults for everyone on the hub: no news or update checks (the class may be offline)
     overrides = server / "share/jupyter/lab/settings/overrides.json"
