@@ -128,3 +128,37 @@ check-book: browser-deps  ## open build/site in headless Chromium, network off: 
 
 check-feedback: browser-deps  ## grade one submission, open its feedback page in headless Chromium, network off: formulas and characters drawn
 	$(BIN)/pytest -p no:cacheprovider -s tests/browser/check_feedback.py
+
+# --- a class on JupyterHub (as root) -------------------------------------------------------------------
+# hub/hubctl.py (Debian's python3) installs /opt/vislib-hub once (JupyterHub from hub/requirements.txt, the proxy
+# from hub/package-lock.json, the servers' environment linked from $(VENV)), creates the roster's accounts and
+# runs JupyterHub in the foreground on http://127.0.0.1:$(HUB_PORT). See README, "Run a class on JupyterHub".
+.PHONY: hub hub-stop test-hub hub-root
+HUB_PREFIX     ?= /opt/vislib-hub
+HUB_ROOT       ?= /srv/vislib
+ROSTER         ?= hub/roster.csv
+HUB_GROUP      ?= vislib-instructors
+HUB_PORT       ?= 8000
+HUB_API_PORT   ?= 8081
+PROXY_API_PORT ?= 8001
+HUB_LIMIT_S    ?= 1500
+HUBCTL          = /usr/bin/python3 hub/hubctl.py --prefix $(HUB_PREFIX) --root $(HUB_ROOT)
+NEED_ROOT       = @test "$$(id -u)" = 0 || { echo "make $(or $(MAKECMDGOALS),hub) needs root: the hub \
+creates one Unix account per person on the roster and starts each person's server as that person. Nothing was done."; \
+exit 1; }
+
+hub-root:
+	$(NEED_ROOT)
+
+hub: hub-root setup  ## (root) JupyterHub for $(ROSTER): one account each, nbgrader's exchange, formgrader; Ctrl-C stops it
+	$(HUBCTL) install --venv $(VENV)
+	$(HUBCTL) start --roster $(ROSTER) --group $(HUB_GROUP) --port $(HUB_PORT) --hub-api-port $(HUB_API_PORT) \
+		--proxy-api-port $(PROXY_API_PORT)
+
+hub-stop: hub-root  ## (root) stop the hub of $(HUB_ROOT): the hub, the proxy, every server, what its accounts left running
+	$(HUBCTL) stop
+
+test-hub: hub-root browser-deps  ## (root) make hub with tests/hub/roster.csv, a class in Chromium; all removed after
+	VISLIB_HUB_LIMIT_S=$(HUB_LIMIT_S) timeout -k 30 $$(($(HUB_LIMIT_S) + 120)) \
+		$(BIN)/pytest -p no:cacheprovider -v tests/hub/check_hub.py; status=$$?; \
+		/usr/bin/python3 hub/hubctl.py --root /srv/vislib-hubtest remove >/dev/null; exit $$status
