@@ -161,17 +161,9 @@ def install_vislib(server: Path) -> None:
         for name in ("pyproject.toml", "README.md", "setup.py", "setup.cfg", "MANIFEST.in"):
             if (CHECKOUT / name).exists():
                 shutil.copy(CHECKOUT / name, source / name)
-        for name in ("vislib", "data"):
-            if (CHECKOUT / name).exists():
-                shutil.copytree(CHECKOUT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(CHECKOUT / "vislib", source / "vislib", ignore=shutil.ignore_patterns("__pycache__"))
         run(server / "bin/python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-            "--no-build-isolation", "--no-index", source)
-    # Until ShapesNet's weights ship inside the package, vislib.models reads them from <package>/../data/.
-    check = "import vislib.models as m; print(m.DATA_DIR if hasattr(m, 'DATA_DIR') else '')"
-    data_dir = subprocess.run([str(server / "bin/python"), "-c", check], check=True, capture_output=True,
-                              text=True, cwd="/").stdout.strip()
-    if data_dir and not Path(data_dir).exists() and (CHECKOUT / "data").is_dir():
-        shutil.copytree(CHECKOUT / "data", data_dir)
+            "--no-build-isolation", "--no-index", source)  # ShapesNet's weights come with it (package data)
 
 
 def runs_as_nobody(*command) -> bool:
@@ -258,8 +250,7 @@ def install_server(prefix: Path, course_venv: Path) -> None:
     want = json.dumps({"venv": str(course_venv), "python": (course_venv / "pyvenv.cfg").read_text(),
                        "installed": (installed if installed.exists() else course_venv).stat().st_mtime_ns,
                        "hub": digest(HERE / "requirements.txt", CHECKOUT / "constraints.txt"),
-                       "vislib": digest(CHECKOUT / "vislib", CHECKOUT / "pyproject.toml"),
-                       "data": digest(CHECKOUT / "data") if (CHECKOUT / "data").exists() else ""})
+                       "vislib": digest(CHECKOUT / "vislib", CHECKOUT / "pyproject.toml")})
     if stamp.exists() and stamp.read_text() == want:
         server_files(prefix)
         return
