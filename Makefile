@@ -54,7 +54,7 @@ define in_imagenet_test_cache
 	set -e; \
 	home=$$(mktemp -d -p "$$(test "$$(df --output=avail -BG /dev/shm 2>/dev/null | tail -1 | tr -dc 0-9)" -ge 3 \
 		2>/dev/null && echo /dev/shm || echo "$${TMPDIR:-/tmp}")"); \
-	trap 'rm -rf "$$home"' EXIT; \
+	trap 'rm -rf "$$home"' EXIT; trap 'exit 130' INT TERM; \
 	stand_ins=$$($(BIN)/python -m vislib.models test-cache "$$home" $(IMAGENET_MODELS)); \
 	TORCH_HOME="$$home" VISLIB_STAND_IN_WEIGHTS="$$stand_ins" $(1)
 endef
