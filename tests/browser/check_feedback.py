@@ -28,11 +28,10 @@ from tests.browser.chromium import launch, offline_context
 from tests.browser.glyphs import (
     NO_GLYPH,
     figure_tofu,
+    glyph_check_on_test_pages,
     glyph_report,
     matplotlib_warning_for,
     missing_glyphs,
-    platform_fonts,
-    without_fonts_for,
 )
 
 DRAWN_FORMULAS = """() => [...document.querySelectorAll("math")]
@@ -94,25 +93,12 @@ def test_the_glyph_check_fails_on_missing_glyphs_and_passes_on_korean(graded, tm
     tofu = with_text("tofu.html", f" 그리고 {NO_GLYPH} 하나.", stderr=f"\n/tmp/1.py:3: UserWarning: {warning}")
     refused = []
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        try:
-            page = offline_context(browser, refused).new_page()
-            page.goto(korean, wait_until="load")
-            with_fonts, figures_with_fonts = missing_glyphs(page), figure_tofu(page)
-            prose, message = platform_fonts(page, ".rendered_html p"), platform_fonts(page, "pre")
-            page.goto(tofu, wait_until="load")
-            with_tofu, figures_with_tofu = missing_glyphs(page), figure_tofu(page)
-        finally:
-            browser.close()
-        browser = launch(playwright, env=without_fonts_for("한", tmp_path))  # as if fonts-noto-cjk were missing
-        try:
-            page = offline_context(browser, refused).new_page()
-            page.goto(korean, wait_until="load")
-            page.screenshot(path=SHOTS / "glyph-check-feedback-without-korean-fonts.png")
-            without_fonts = missing_glyphs(page)
-        finally:
-            browser.close()
+    seen = glyph_check_on_test_pages(korean, tofu, tmp_path,
+                                     ".rendered_html p", "pre",
+                                     SHOTS / "glyph-check-feedback-without-korean-fonts.png", refused)
+    with_fonts, figures_with_fonts, with_tofu = seen["with_fonts"], seen["figures_with_fonts"], seen["with_tofu"]
+    figures_with_tofu, without_fonts = seen["figures_with_tofu"], seen["without_fonts"]
+    prose, message = seen["prose"], seen["output"]
 
     visible = re.sub(r"<(script|style)\b.*?</\1>", "", html, flags=re.S)  # the assignment's own Korean too
     shown = {char for char in visible + KOREAN + MESSAGE if unicodedata.name(char, "").startswith(("HANGUL", "CJK"))}

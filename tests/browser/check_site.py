@@ -34,11 +34,10 @@ from tests.browser.chromium import LOCAL, launch, offline_context
 from tests.browser.glyphs import (
     NO_GLYPH,
     figure_tofu,
+    glyph_check_on_test_pages,
     glyph_report,
     matplotlib_warning_for,
     missing_glyphs,
-    platform_fonts,
-    without_fonts_for,
 )
 from tests.browser.test_book import build  # book/build.py
 
@@ -173,25 +172,12 @@ def test_the_glyph_check_fails_on_missing_glyphs_and_passes_on_korean(tmp_path):
                        stderr=f"/tmp/ipykernel_1/1.py:3: UserWarning: {warning}\n  figure.savefig(buffer)\n")
     refused = []
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        try:
-            page = offline_context(browser, refused).new_page()
-            page.goto(korean, wait_until="load")
-            with_fonts, figures_with_fonts = missing_glyphs(page), figure_tofu(page)
-            prose, output = platform_fonts(page, ".jp-RenderedMarkdown p"), platform_fonts(page, ".jp-OutputArea pre")
-            page.goto(tofu, wait_until="load")
-            with_tofu, figures_with_tofu = missing_glyphs(page), figure_tofu(page)
-        finally:
-            browser.close()
-        browser = launch(playwright, env=without_fonts_for("한", tmp_path))  # as if fonts-noto-cjk were missing
-        try:
-            page = offline_context(browser, refused).new_page()
-            page.goto(korean, wait_until="load")
-            page.screenshot(path=SHOTS / "glyph-check-without-korean-fonts.png")
-            without_fonts = missing_glyphs(page)
-        finally:
-            browser.close()
+    seen = glyph_check_on_test_pages(korean, tofu, tmp_path,
+                                     ".jp-RenderedMarkdown p", ".jp-OutputArea pre",
+                                     SHOTS / "glyph-check-without-korean-fonts.png", refused)
+    with_fonts, figures_with_fonts, with_tofu = seen["with_fonts"], seen["figures_with_fonts"], seen["with_tofu"]
+    figures_with_tofu, without_fonts = seen["figures_with_tofu"], seen["without_fonts"]
+    prose, output = seen["prose"], seen["output"]
 
     shown = cjk("한국어 쪽" + KOREAN + KOREAN_OUTPUT)
     report = glyph_report({"korean.html": without_fonts, "tofu.html": with_tofu})

@@ -168,3 +168,35 @@ def platform_fonts(page, selector: str) -> dict[str, int]:
     finally:
         devtools.detach()
     return {font["familyName"]: font["glyphCount"] for font in fonts}
+
+
+def glyph_check_on_test_pages(korean: str, tofu: str, folder: Path, prose: str, output: str, screenshot: Path,
+                              refused: list) -> dict:
+    """The glyph check on a test's own pages (file URIs): ``korean`` with the fonts installed and as if
+    fonts-noto-cjk were missing, ``tofu`` (a character no font has) with them; the fonts drawing the
+    ``prose`` and ``output`` elements of ``korean``. Non-file requests go into ``refused``."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser.chromium import launch, offline_context
+
+    seen = {}
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = offline_context(browser, refused).new_page()
+            page.goto(korean, wait_until="load")
+            seen.update(with_fonts=missing_glyphs(page), figures_with_fonts=figure_tofu(page),
+                        prose=platform_fonts(page, prose), output=platform_fonts(page, output))
+            page.goto(tofu, wait_until="load")
+            seen.update(with_tofu=missing_glyphs(page), figures_with_tofu=figure_tofu(page))
+        finally:
+            browser.close()
+        browser = launch(playwright, env=without_fonts_for("한", folder))  # as if fonts-noto-cjk were missing
+        try:
+            page = offline_context(browser, refused).new_page()
+            page.goto(korean, wait_until="load")
+            page.screenshot(path=screenshot)
+            seen["without_fonts"] = missing_glyphs(page)
+        finally:
+            browser.close()
+    return seen
