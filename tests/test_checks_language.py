@@ -18,6 +18,7 @@ import torch.nn as nn
 from babel.messages.mofile import read_mo, write_mo
 from babel.messages.pofile import read_po
 
+from tests.test_checks_saliency import saliency_autograd, saliency_no_abs
 from vislib import checks, hooks
 from vislib.checks import language
 from vislib.checks.cases import small_cnn
@@ -182,18 +183,6 @@ def _fails(check, fn) -> CheckFailure:
     return caught.value
 
 
-def _no_abs(model, x, target):
-    x = x.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
-    return grad.amax(dim=1)
-
-
-def _right(model, x, target):
-    x = x.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(model(x).gather(1, target[:, None]).sum(), x)
-    return grad.abs().amax(dim=1)
-
-
 def _stub(model, x, target):
     raise NotImplementedError()
 
@@ -202,11 +191,11 @@ def test_a_korean_locale_shows_the_checks_in_korean(monkeypatch, capsys):
     for variable in LOCALE_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("LANG", "ko_KR.UTF-8")
-    failure = _fails(checks.saliency_map, _no_abs)
+    failure = _fails(checks.saliency_map, saliency_no_abs)
     shown = "".join(traceback.format_exception_only(type(failure), failure))  # what a notebook shows
     assert "saliency_map의 map (inplace ReLU" in shown and "gradient의 절댓값을 취하기" in shown
     assert str(failure) == failure.render("ko")  # what the grader writes into the feedback
-    checks.saliency_map(_right)
+    checks.saliency_map(saliency_autograd)
     checks.saliency_map(_stub)
     assert capsys.readouterr().out.splitlines()[0].startswith("saliency_map: 정답. |d logit / d x|의 colour channel")
     monkeypatch.setenv("LANG", "en_US.UTF-8")
@@ -216,7 +205,7 @@ def test_a_korean_locale_shows_the_checks_in_korean(monkeypatch, capsys):
 def test_use_language_overrides_the_locale_and_is_validated(monkeypatch, capsys):
     assert "use_language" in checks.__all__
     monkeypatch.setenv("LANGUAGE", "en")
-    failure = _fails(checks.saliency_map, _no_abs)
+    failure = _fails(checks.saliency_map, saliency_no_abs)
     checks.use_language("ko")
     assert language.active_language() == "ko" and "절댓값" in str(failure)  # shown after the switch: Korean
     with pytest.raises(checks.NotImplementedYet, match="saliency_map: 아직 구현되지 않음"):
