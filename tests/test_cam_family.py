@@ -17,6 +17,11 @@ from vislib import cam
 from vislib.hooks import get_layer
 
 TOL = 1e-4
+# Ablation-CAM's weights are (y - y_k) / y: differences of nearly equal logits, and on the random
+# torchvision models the logits are about 0.01-0.1, so float32 rounding alone moves the normalised
+# maps by about 1e-4 (VGG-11 at features.1: 0.9e-4 at 48 px, 1.3e-4 at 32 px, 2.5e-4 at 56 px; run
+# in float64 both sides agree to 2e-6). A wrong weighting moves them by far more than 1e-3.
+ABLATION_TOL = 1e-3
 
 # (model fixture, layer, targets). VGG-11's features.19 is a ReLU: Ablation-CAM then zeroes
 # channels in pytorch-grad-cam too (it uses min - 1e7 where a layer's output holds no zero).
@@ -73,7 +78,8 @@ def test_matches_pytorch_grad_cam(method, case):
     expected = pytorch_grad_cam(method, reference, layer, x, targets)
     # pytorch-grad-cam: ReLU, min-max at the layer's resolution, resize, min-max again; that
     # normalisation is affine per image, so it commutes with vislib's bilinear upsampling.
-    assert relative_error(min_max(min_max(fine, reference=coarse)), expected) < TOL
+    tolerance = ABLATION_TOL if method == "ablation_cam" else TOL
+    assert relative_error(min_max(min_max(fine, reference=coarse)), expected) < tolerance
 
 
 @pytest.mark.parametrize("case", CASES, indirect=True, ids=IDS)
@@ -108,7 +114,8 @@ def test_score_cam_matches_torchcam_and_differs_from_pytorch_grad_cam_only_by_it
     from torchcam.methods import ScoreCAM
 
     model, reference, layer, x, targets = case
-    coarse, fine = run("score_cam", model, x, targets, layer)
+    with untouched(model):
+        coarse = cam.score_cam(model, x, targets, layer=layer, upsample=False, progress=False)
     with ScoreCAM(reference, target_layer=layer, batch_size=64, input_shape=tuple(x.shape[1:])) as extractor:
         with torch.no_grad():
             reference(x)

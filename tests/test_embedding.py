@@ -181,6 +181,18 @@ def test_project_is_deterministic_per_seed(method):
         assert not torch.allclose(a, project(features, method, dim=2, seed=1))
 
 
+def test_umap_keeps_its_compiled_code_on_disk():
+    """umap-learn compiles most of its numba functions without numba's cache: about 17 s in every new
+    process. vislib turns the cache on, so that only a machine's first UMAP pays it."""
+    import umap
+    from numba.core.caching import NullCache
+
+    project(torch.randn(20, 4, generator=torch.Generator().manual_seed(0)), "umap")
+    compiled = [umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths,
+                umap.layouts._nb_optimize_layout_euclidean_single_epoch]
+    assert not any(isinstance(function._cache, NullCache) for function in compiled)
+
+
 def test_project_pca_matches_scikit_learn_in_3d():
     features = torch.randn(40, 6, generator=torch.Generator().manual_seed(2))
     coords = project(features, "pca", dim=3)

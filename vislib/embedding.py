@@ -8,6 +8,7 @@ Any other layer can be asked for by name; a whole dataset is read in one streami
 
 from __future__ import annotations
 
+import sys
 from contextlib import closing, contextmanager
 
 import numpy as np
@@ -291,8 +292,7 @@ def project(features, method: str = "tsne", dim: int = 2, seed: int = 0, **optio
         options.setdefault("max_iter", 500)  # half scikit-learn's default: the same clusters in half the time
         estimator = TSNE(n_components=dim, random_state=seed, **options)
     else:
-        import umap  # imported here: loading umap-learn takes seconds
-
+        umap = _umap()
         options.setdefault("n_neighbors", min(15, len(array) - 1))
         estimator = umap.UMAP(n_components=dim, random_state=seed, n_jobs=1, **options)
     threads = torch.get_num_threads()
@@ -301,3 +301,21 @@ def project(features, method: str = "tsne", dim: int = 2, seed: int = 0, **optio
     finally:
         torch.set_num_threads(threads)  # umap-learn's numba code resets the OpenMP thread count torch uses
     return torch.as_tensor(np.asarray(coords), dtype=torch.float32, device=matrix.device)
+
+
+def _umap():
+    """umap-learn, imported on first use (it takes seconds), with numba's on-disk cache turned on for
+    all of its compiled functions: most are compiled without ``cache=True``, so every new process
+    spent about 17 s compiling them on its first UMAP. Now only the first process on a machine does
+    (numba keys its cache on the source file and the CPU; it writes beside the package, or to the
+    user's cache folder where that is read-only)."""
+    import umap
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] in ("umap", "pynndescent"):
+            for value in list(vars(module).values()):
+                if isinstance(value, Dispatcher) and isinstance(value._cache, NullCache):
+                    value.enable_caching()
+    return umap
