@@ -37,6 +37,8 @@ from nbgrader.coursedir import CourseDirectory
 from nbgrader.preprocessors import Execute, OverwriteCells
 from traitlets import Bool, Integer, Unicode
 
+from vislib.grading.kernel import PROVISIONER
+
 REPORT = "integrity.csv"
 REPORT_FIELDS = ("student", "assignment", "notebook", "cell", "kind", "reason")
 
@@ -134,8 +136,9 @@ class TrustedExecute(Execute):
 
     def preprocess(self, nb, resources, km=None):
         from vislib.grading import remote
+        from vislib.grading.zygote import zygote
 
-        remote.zygote()  # it imports torch while the kernel starts
+        zygote()  # it imports torch and vislib while the grader prepares
         self._root = _course_root(self)
         self._resources = resources
         self._started = time.monotonic()
@@ -169,8 +172,8 @@ class TrustedExecute(Execute):
             argv=[sys.executable, "-m", "vislib.grading.kernel", "-f", "{connection_file}",
                   "--IPKernelApp.log_level=ERROR"],
             display_name="vislib grading", language="python",
-            env={"VISLIB_GRADING_LOG": self._log, "VISLIB_GRADING_MEMORY": str(self.memory_limit),
-                 "PYTHONWARNINGS": "ignore"})
+            env={"VISLIB_GRADING_LOG": self._log, "VISLIB_GRADING_MEMORY": str(self.memory_limit)},
+            metadata={"kernel_provisioner": {"provisioner_name": PROVISIONER}})
         return km
 
     def preprocess_cell(self, cell, resources, index):

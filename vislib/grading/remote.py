@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -19,38 +17,11 @@ from vislib.checks.harness import LearnerError, Outcome
 from vislib.checks.language import _
 from vislib.checks.offlimits import OffLimitsCall
 from vislib.grading import wire
+from vislib.grading.zygote import zygote
 
 
 class RunnerGone(AssertionError):
     """The runner stopped answering: it ran over its time or ended (exit, crash, memory)."""
-
-
-class _Zygote:
-    """The process that imports torch and vislib once and forks a runner per request."""
-
-    def __init__(self):
-        self.control, theirs = socket.socketpair()
-        self.process = subprocess.Popen([sys.executable, "-m", "vislib.grading.runner", str(theirs.fileno())],
-                                        pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-        theirs.close()
-
-    def spawn(self, request: dict) -> tuple[int, socket.socket]:
-        wire.send(self.control, request)
-        message, fds, _, _ = socket.recv_fds(self.control, 64, 1)
-        if not fds:
-            raise RuntimeError("the grader's zygote did not start a runner")
-        return int(message), socket.socket(fileno=fds[0])
-
-
-_zygote: _Zygote | None = None
-
-
-def zygote() -> _Zygote:
-    """The grader's zygote, started on first use (start it early: it takes a few seconds)."""
-    global _zygote
-    if _zygote is None or _zygote.process.poll() is not None:
-        _zygote = _Zygote()
-    return _zygote
 
 
 @dataclass
@@ -82,7 +53,7 @@ class Runner:
     def _start_unlocked(self) -> None:
         """Fork a runner and run the cells, skipping those that stopped an earlier runner."""
         while self._sock is None:
-            self._pid, self._sock = zygote().spawn({"checks": self.checks, "imports": self.imports,
+            self._pid, self._sock = zygote().spawn({"kind": "runner", "checks": self.checks, "imports": self.imports,
                                                     "memory_bytes": self.memory_bytes,
                                                     "cpu_seconds": self.cpu_seconds})
             for index, source in self.cells:

@@ -1,10 +1,8 @@
 """The runner: the process where a submission's functions run while the grader checks them.
 
-``python -m vislib.grading.runner FD`` starts a *zygote* that imports torch and vislib once (5 s)
-and then forks one runner per submission on request, so a submission costs a fork, not an
-import. A runner, before it runs any of the learner's code:
+A runner is a fork of the grader's zygote (``vislib.grading.zygote``), which has torch and vislib
+imported, in its own session. Before it runs any of the learner's code, it:
 
-- leaves the zygote's session (the grader can kill it and all it started with one signal),
 - puts the assignment's off-limits functions behind tripwires for good (``install_for_good``:
   no reference to the originals is left in the process),
 - confines itself (``confine``): no reading outside Python's installation and its own folder,
@@ -22,7 +20,6 @@ import importlib
 import linecache
 import os
 import socket
-import sys
 import tempfile
 import traceback
 
@@ -31,43 +28,8 @@ import torch
 from vislib.grading import confine, wire
 
 
-def main(control_fd: int) -> None:
-    """The zygote: import what the runners need, then fork a runner per ``spawn`` request."""
-    os.environ["MPLBACKEND"] = "Agg"  # a learner's plotting cell draws nowhere here
-    import matplotlib.pyplot  # noqa: F401 (its font cache is read now, while the files may be read)
-
-    import vislib.checks  # noqa: F401 (the checks' modules and, through them, vislib's)
-
-    control = socket.socket(fileno=control_fd)
-    while True:
-        try:
-            request = wire.receive(control, trusted=True)
-        except EOFError:
-            return
-        ours, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            control.close()
-            theirs.close()
-            _runner(ours, request)
-            os._exit(0)
-        ours.close()
-        socket.send_fds(control, [str(pid).encode()], [theirs.fileno()])
-        theirs.close()
-        _reap()
-
-
-def _reap() -> None:
-    """Collect runners that have ended, so none is left as a zombie."""
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
-    except ChildProcessError:
-        pass
-
-
-def _runner(sock: socket.socket, request: dict) -> None:
-    os.setsid()
+def serve(sock: socket.socket, request: dict) -> None:
+    """Be a runner (in a child of the zygote) for one submission, answering on ``sock``."""
     folder = tempfile.mkdtemp(prefix="vislib-runner-")
     os.chdir(folder)
     log = os.open(os.path.join(folder, "output.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -162,7 +124,3 @@ def _describe(error: BaseException) -> dict:
             line, number = linecache.getline(frame.filename, frame.lineno).strip(), frame.lineno
             break
     return {"type": type(error).__name__, "message": str(error)[:2000], "line": line, "line_number": number}
-
-
-if __name__ == "__main__":
-    main(int(sys.argv[1]))
