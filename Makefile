@@ -32,10 +32,11 @@ lint: setup
 	$(BIN)/ruff check vislib tests notebooks benchmarks book assignments/source
 
 # One thread per process: two processes of two threads on two cores wait for each other. A file's tests stay
-# together on one worker (its fixtures are made once); the slowest files start first (conftest.py). Three
+# together on one worker (its fixtures are made once); the slowest files start first (conftest.py's order:
+# --no-loadscope-reorder, else pytest-xdist starts the files with the most tests first). Three
 # workers on two cores: while one waits (a grading test's kernel that hangs on purpose, a notebook's kernel
 # starting), the other two compute.
-PYTEST := OMP_NUM_THREADS=1 $(BIN)/pytest --dist loadfile --nbval-lax
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/pytest --dist loadfile --no-loadscope-reorder --nbval-lax
 
 unit: setup  ## the unit tests alone
 	$(PYTEST) -n 2 tests
